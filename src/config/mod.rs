@@ -1,0 +1,403 @@
+//! Config file → validated, immutable [`Config`].
+//!
+//! `raw` mirrors the TOML; this module checks everything TOML cannot (durations,
+//! addresses, pool references, route patterns), resolves server DNS names, and
+//! builds the routing tables the hot path reads. Errors carry `file:line:col` of
+//! the offending value and say what to change. Nothing after [`load`] handles a
+//! possibly invalid value.
+
+mod raw;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use toml::Spanned;
+
+pub use raw::{LogFormat, LogLevel};
+use raw::{RawBalance, RawConfig, RawProtocol, RawProxyProtocol, RawUpstream};
+
+use crate::peek::Protocol;
+use crate::pool::{Balance, HealthPolicy, Pool, Server};
+use crate::route::{Router, RouterBuilder};
+
+/// Where sniroute looks without `--config`.
+pub const DEFAULT_PATH: &str = "/etc/sniroute/sniroute.toml";
+
+/// A loaded, valid configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub log: LogSettings,
+    pub listeners: Vec<Listener>,
+    /// Every pool, by name.
+    pub pools: BTreeMap<Arc<str>, Arc<Pool>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub peek: Duration,
+    pub connect: Duration,
+    pub idle: Duration,
+    pub shutdown: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_peek_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: LogLevel,
+    pub format: LogFormat,
+    pub access_log: bool,
+}
+
+/// One `[[listeners]]` entry.
+#[derive(Debug)]
+pub struct Listener {
+    pub binds: Vec<SocketAddr>,
+    pub protocol: Protocol,
+    pub router: Router<Arc<Pool>>,
+}
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {message}")]
+    At {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+}
+
+/// Reads, parses and validates the config file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config `text`; `path` is only used in messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let ctx = Ctx { text, path };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| match e.span() {
+        Some(span) => ctx.at(span, e.message().to_owned()),
+        None => ctx.file(e.message().to_owned()),
+    })?;
+    ctx.validate(raw)
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn at(&self, span: Range<usize>, message: String) -> ConfigError {
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        ConfigError::At {
+            path: self.path.to_owned(),
+            line,
+            col,
+            message,
+        }
+    }
+
+    fn file(&self, message: String) -> ConfigError {
+        ConfigError::File {
+            path: self.path.to_owned(),
+            message,
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&Spanned<String>>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let d = humantime::parse_duration(value.get_ref().trim()).map_err(|e| {
+            self.at(
+                value.span(),
+                format!(
+                    "{key}: `{}` is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\"",
+                    value.get_ref()
+                ),
+            )
+        })?;
+        if d.is_zero() && key != "timeouts.shutdown" {
+            return Err(self.at(value.span(), format!("{key} must be greater than zero")));
+        }
+        Ok(d)
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        if let Some(metrics) = &raw.metrics {
+            return Err(self.at(
+                metrics.span(),
+                "[metrics] is not available in this version of sniroute yet; remove the section"
+                    .into(),
+            ));
+        }
+        let t = &raw.timeouts;
+        let timeouts = Timeouts {
+            peek: self.duration("timeouts.peek", t.peek.as_ref(), Duration::from_secs(5))?,
+            connect: self.duration(
+                "timeouts.connect",
+                t.connect.as_ref(),
+                Duration::from_secs(3),
+            )?,
+            idle: self.duration("timeouts.idle", t.idle.as_ref(), Duration::from_secs(3600))?,
+            shutdown: self.duration(
+                "timeouts.shutdown",
+                t.shutdown.as_ref(),
+                Duration::from_secs(30),
+            )?,
+        };
+        let limits = Limits {
+            max_connections: self.bounded(
+                "limits.max_connections",
+                raw.limits.max_connections.as_ref(),
+                20_000,
+                1..=10_000_000,
+            )?,
+            max_peek_bytes: self.bounded(
+                "limits.max_peek_bytes",
+                raw.limits.max_peek_bytes.as_ref(),
+                16_384,
+                512..=1 << 20,
+            )?,
+        };
+        let log = LogSettings {
+            level: raw.log.level.unwrap_or_default(),
+            format: raw.log.format.unwrap_or_default(),
+            access_log: raw.log.access_log.unwrap_or(true),
+        };
+
+        let mut pools = BTreeMap::new();
+        for (name, upstream) in &raw.upstreams {
+            let pool = self.pool(name, upstream)?;
+            pools.insert(Arc::clone(&pool.name), Arc::new(pool));
+        }
+
+        if raw.listeners.is_empty() {
+            return Err(self.file(
+                "no [[listeners]] defined: add at least one with `bind`, `protocol` and routes"
+                    .into(),
+            ));
+        }
+        let mut seen_binds = HashSet::new();
+        let mut listeners = Vec::with_capacity(raw.listeners.len());
+        for listener in &raw.listeners {
+            let raw_l = listener.get_ref();
+            let mut binds = Vec::new();
+            if raw_l.bind.get_ref().0.is_empty() {
+                return Err(self.at(
+                    raw_l.bind.span(),
+                    "listener `bind` is empty: give at least one address".into(),
+                ));
+            }
+            for bind in &raw_l.bind.get_ref().0 {
+                // A lone string has no span of its own: point at the `bind` value.
+                let span = if bind.span().is_empty() {
+                    raw_l.bind.span()
+                } else {
+                    bind.span()
+                };
+                let addr: SocketAddr = bind.get_ref().parse().map_err(|_| {
+                    self.at(span.clone(), format!("bind `{}` is not an IP:port address (e.g. \"0.0.0.0:443\", \"[::]:443\")", bind.get_ref()))
+                })?;
+                if !seen_binds.insert(addr) {
+                    return Err(self.at(span, format!("bind `{addr}` is used twice; each address may be bound by one listener only")));
+                }
+                binds.push(addr);
+            }
+            let mut router = RouterBuilder::default();
+            for (pattern, pool_name) in &listener.get_ref().routes.0 {
+                let pool =
+                    self.pool_ref(&pools, pool_name, &format!("route `{}`", pattern.get_ref()))?;
+                router
+                    .add(pattern.get_ref(), pool)
+                    .map_err(|e| self.at(pattern.span(), e.to_string()))?;
+            }
+            let default = match &raw_l.default {
+                Some(name) => Some(self.pool_ref(&pools, name, "listener default")?),
+                None => None,
+            };
+            if raw_l.routes.0.is_empty() && default.is_none() {
+                return Err(self.at(listener.span(), "listener has no routes and no default: nothing could ever be routed; add [listeners.routes] or `default`".into()));
+            }
+            let protocol = match raw_l.protocol {
+                RawProtocol::Tls => Protocol::Tls,
+                RawProtocol::Http => Protocol::Http,
+            };
+            listeners.push(Listener {
+                binds,
+                protocol,
+                router: router.build(default),
+            });
+        }
+        Ok(Config {
+            timeouts,
+            limits,
+            log,
+            listeners,
+            pools,
+        })
+    }
+
+    fn bounded(
+        &self,
+        key: &str,
+        value: Option<&Spanned<u32>>,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> Result<usize, ConfigError> {
+        let Some(value) = value else {
+            return Ok(default);
+        };
+        let v = *value.get_ref() as usize;
+        if !range.contains(&v) {
+            return Err(self.at(
+                value.span(),
+                format!(
+                    "{key} = {v} is out of range: use {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        Ok(v)
+    }
+
+    fn pool_ref(
+        &self,
+        pools: &BTreeMap<Arc<str>, Arc<Pool>>,
+        name: &Spanned<String>,
+        what: &str,
+    ) -> Result<Arc<Pool>, ConfigError> {
+        pools.get(name.get_ref().as_str()).cloned().ok_or_else(|| {
+            let known: Vec<&str> = pools.keys().map(|k| &**k).collect();
+            self.at(
+                name.span(),
+                format!(
+                    "{what} points to unknown upstream `{}`; defined upstreams: {}",
+                    name.get_ref(),
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
+    }
+
+    fn pool(&self, name: &str, upstream: &Spanned<RawUpstream>) -> Result<Pool, ConfigError> {
+        let u = upstream.get_ref();
+        if let Some(pp) = &u.proxy_protocol {
+            if *pp.get_ref() != RawProxyProtocol::Off {
+                return Err(self.at(pp.span(), format!("upstreams.{name}.proxy_protocol: PROXY protocol is not available in this version of sniroute yet; use \"off\"")));
+            }
+        }
+        let health = HealthPolicy {
+            max_fails: u.max_fails.unwrap_or(HealthPolicy::default().max_fails),
+            fail_timeout: self.duration(
+                &format!("upstreams.{name}.fail_timeout"),
+                u.fail_timeout.as_ref(),
+                HealthPolicy::default().fail_timeout,
+            )?,
+        };
+        if u.servers.is_empty() {
+            return Err(self.at(upstream.span(), format!("upstream `{name}` has no servers")));
+        }
+        let mut servers: Vec<Server> = Vec::new();
+        for entry in &u.servers {
+            let s = entry.get_ref();
+            if s.weight == 0 {
+                return Err(self.at(
+                    entry.span(),
+                    format!(
+                        "upstream `{name}`: server `{}` has weight 0; use 1 or more (or remove it)",
+                        s.addr
+                    ),
+                ));
+            }
+            for addr in self.resolve(&s.addr, entry.span())? {
+                if servers.iter().any(|known| known.addr == addr) {
+                    return Err(self.at(
+                        entry.span(),
+                        format!("upstream `{name}`: server address {addr} is listed twice"),
+                    ));
+                }
+                let label: Arc<str> = match s.addr.parse::<SocketAddr>() {
+                    Ok(_) => Arc::from(s.addr.as_str()),
+                    Err(_) => Arc::from(format!("{} ({addr})", s.addr)),
+                };
+                servers.push(Server::new(addr, label, s.weight, s.backup));
+            }
+        }
+        if servers.iter().all(|s| s.backup) {
+            return Err(self.at(
+                upstream.span(),
+                format!("upstream `{name}` has only backup servers; make at least one a primary"),
+            ));
+        }
+        let balance = match u.balance {
+            None | Some(RawBalance::LeastConn) => Balance::LeastConn,
+            Some(RawBalance::RoundRobin) => Balance::RoundRobin,
+        };
+        Ok(Pool::new(Arc::from(name), balance, health, servers))
+    }
+
+    /// `ip:port` as is; `name:port` through the system resolver, every address it
+    /// returns becoming a server (as nginx does).
+    fn resolve(&self, addr: &str, span: Range<usize>) -> Result<Vec<SocketAddr>, ConfigError> {
+        if let Ok(addr) = addr.parse() {
+            return Ok(vec![addr]);
+        }
+        let has_port = addr
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !has_port {
+            return Err(self.at(
+                span,
+                format!("server `{addr}` needs a port: write \"host:port\" or \"ip:port\""),
+            ));
+        }
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| self.at(span.clone(), format!("cannot resolve server `{addr}`: {e}")))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(self.at(span, format!("server `{addr}` resolves to no address")));
+        }
+        Ok(addrs)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The TOML file as written: serde types mirroring SPEC.md one to one.
+//!
+//! Nothing here is validated beyond its TOML type; every value that can be wrong
+//! in a way TOML cannot express is kept `Spanned` so that validation can point at
+//! its line and column. Unknown keys are rejected by serde with their location.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub log: RawLog,
+    pub metrics: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    pub listeners: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub peek: Option<Spanned<String>>,
+    pub connect: Option<Spanned<String>>,
+    pub idle: Option<Spanned<String>>,
+    pub shutdown: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<Spanned<u32>>,
+    pub max_peek_bytes: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub level: Option<LogLevel>,
+    pub format: Option<LogFormat>,
+    pub access_log: Option<bool>,
+}
+
+/// `log.level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub bind: Spanned<OneOrMany>,
+    pub protocol: RawProtocol,
+    pub default: Option<Spanned<String>>,
+    #[serde(default)]
+    pub routes: Routes,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProtocol {
+    Tls,
+    Http,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub servers: Vec<Spanned<RawServer>>,
+    pub balance: Option<RawBalance>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout: Option<Spanned<String>>,
+    pub proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    LeastConn,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawProxyProtocol {
+    Off,
+    V1,
+    V2,
+}
+
+/// `bind = "addr"` or `bind = ["addr", ...]`.
+#[derive(Debug)]
+pub struct OneOrMany(pub Vec<Spanned<String>>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct OneOrManyVisitor;
+        impl<'de> Visitor<'de> for OneOrManyVisitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an address string or an array of address strings")
+            }
+            fn visit_str<E: de::Error>(self, addr: &str) -> Result<OneOrMany, E> {
+                // The caller's span covers the single string; this inner one is unused.
+                Ok(OneOrMany(vec![Spanned::new(0..0, addr.to_owned())]))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut addrs = Vec::new();
+                while let Some(addr) = seq.next_element()? {
+                    addrs.push(addr);
+                }
+                Ok(OneOrMany(addrs))
+            }
+        }
+        d.deserialize_any(OneOrManyVisitor)
+    }
+}
+
+/// `[listeners.routes]`, kept in file order: `~regex` routes are tried in that order.
+#[derive(Debug, Default)]
+pub struct Routes(pub Vec<(Spanned<String>, Spanned<String>)>);
+
+impl<'de> Deserialize<'de> for Routes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RoutesVisitor;
+        impl<'de> Visitor<'de> for RoutesVisitor {
+            type Value = Routes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of \"hostname pattern\" = \"upstream name\"")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Routes, A::Error> {
+                let mut routes = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    routes.push(entry);
+                }
+                Ok(Routes(routes))
+            }
+        }
+        d.deserialize_map(RoutesVisitor)
+    }
+}
+
+/// A server: `"host:port"` or `{ addr = "host:port", weight = 2, backup = true }`.
+#[derive(Debug)]
+pub struct RawServer {
+    pub addr: String,
+    pub weight: u32,
+    pub backup: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl<'de> Deserialize<'de> for RawServer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ServerVisitor;
+        impl<'de> Visitor<'de> for ServerVisitor {
+            type Value = RawServer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N, backup = true }")
+            }
+            fn visit_str<E: de::Error>(self, addr: &str) -> Result<RawServer, E> {
+                Ok(RawServer {
+                    addr: addr.to_owned(),
+                    weight: 1,
+                    backup: false,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawServer, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Table {
+                    addr: String,
+                    #[serde(default = "one")]
+                    weight: u32,
+                    #[serde(default)]
+                    backup: bool,
+                }
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawServer {
+                    addr: t.addr,
+                    weight: t.weight,
+                    backup: t.backup,
+                })
+            }
+        }
+        d.deserialize_any(ServerVisitor)
+    }
+}

@@ -1,0 +1,263 @@
+use super::*;
+
+fn load_str(text: &str) -> Result<Config, String> {
+    parse(text, Path::new("t.toml")).map_err(|e| e.to_string())
+}
+
+const MINIMAL: &str = r#"
+[[listeners]]
+bind = ["127.0.0.1:8443", "[::1]:8443"]
+protocol = "tls"
+default = "web"
+[listeners.routes]
+"a.example.com" = "web"
+
+[upstreams.web]
+servers = ["127.0.0.2:443", { addr = "127.0.0.3:443", weight = 2 }, { addr = "127.0.0.9:443", backup = true }]
+"#;
+
+#[test]
+fn defaults_are_those_of_the_spec() {
+    let c = load_str(MINIMAL).unwrap();
+    assert_eq!(
+        c.timeouts,
+        Timeouts {
+            peek: Duration::from_secs(5),
+            connect: Duration::from_secs(3),
+            idle: Duration::from_secs(3600),
+            shutdown: Duration::from_secs(30)
+        }
+    );
+    assert_eq!(
+        c.limits,
+        Limits {
+            max_connections: 20_000,
+            max_peek_bytes: 16_384
+        }
+    );
+    assert_eq!(
+        c.log,
+        LogSettings {
+            level: LogLevel::Info,
+            format: LogFormat::Text,
+            access_log: true
+        }
+    );
+    let web = &c.pools["web"];
+    assert_eq!(
+        web.health,
+        HealthPolicy {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10)
+        }
+    );
+    assert_eq!(web.balance, Balance::LeastConn);
+    let servers: Vec<_> = web
+        .servers
+        .iter()
+        .map(|s| (s.addr.to_string(), s.weight, s.backup))
+        .collect();
+    assert_eq!(
+        servers,
+        [
+            ("127.0.0.2:443".into(), 1, false),
+            ("127.0.0.3:443".into(), 2, false),
+            ("127.0.0.9:443".into(), 1, true)
+        ]
+    );
+    assert_eq!(c.listeners[0].binds.len(), 2);
+    assert_eq!(c.listeners[0].protocol, Protocol::Tls);
+}
+
+#[test]
+fn the_spec_example_without_metrics_and_proxy_protocol_is_valid() {
+    let text = r#"
+[timeouts]
+peek = "5s"
+connect = "3s"
+idle = "1h"
+shutdown = "30s"
+[limits]
+max_connections = 20000
+max_peek_bytes = 16384
+[log]
+level = "info"
+format = "text"
+access_log = true
+[[listeners]]
+bind = ["0.0.0.0:443", "[::]:443"]
+protocol = "tls"
+default = "apps_https"
+[listeners.routes]
+"rancher.example.com" = "rancher_https"
+"*.apps.example.com"  = "apps_https"
+"~^argo-[a-z]+\\.example\\.com$" = "apps_https"
+[[listeners]]
+bind = ["0.0.0.0:80"]
+protocol = "http"
+[listeners.routes]
+"rancher.example.com" = "rancher_http"
+[upstreams.rancher_https]
+servers = ["192.168.0.1:443", "192.168.0.2:443",
+           { addr = "192.168.0.3:443", weight = 2 },
+           { addr = "192.168.0.9:443", backup = true }]
+balance = "least_conn"
+max_fails = 3
+fail_timeout = "5s"
+proxy_protocol = "off"
+[upstreams.apps_https]
+servers = ["192.168.0.1:443"]
+balance = "round_robin"
+[upstreams.rancher_http]
+servers = ["192.168.0.1:80"]
+"#;
+    let c = load_str(text).unwrap();
+    assert_eq!(c.listeners.len(), 2);
+    assert_eq!(
+        c.pools["rancher_https"].health,
+        HealthPolicy {
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(5)
+        }
+    );
+    assert_eq!(c.pools["apps_https"].balance, Balance::RoundRobin);
+    assert_eq!(c.listeners[0].router.counts(), (1, 1, 1));
+}
+
+fn err_with(text: &str) -> String {
+    load_str(text).unwrap_err()
+}
+
+#[test]
+fn unknown_pool_is_named_with_its_location() {
+    let text = MINIMAL.replace("\"a.example.com\" = \"web\"", "\"a.example.com\" = \"foo\"");
+    assert_eq!(
+        err_with(&text),
+        "t.toml:7:19: route `a.example.com` points to unknown upstream `foo`; defined upstreams: web"
+    );
+}
+
+#[test]
+fn unknown_key_is_rejected_with_location() {
+    let text = MINIMAL.replace("protocol = \"tls\"", "protocol = \"tls\"\nmax_fail = 3");
+    let e = err_with(&text);
+    assert!(e.starts_with("t.toml:5:1: unknown field `max_fail`"), "{e}");
+}
+
+#[test]
+fn syntax_error_points_at_the_line() {
+    let e = err_with("[[listeners]\nbind = 1");
+    assert!(e.starts_with("t.toml:1:"), "{e}");
+}
+
+#[test]
+fn bad_values_name_key_and_fix() {
+    let cases = [
+        (
+            "[timeouts]\npeek = \"5 parsecs\"\n",
+            "t.toml:2:8: timeouts.peek: `5 parsecs` is not a duration",
+        ),
+        (
+            "[timeouts]\nconnect = \"0s\"\n",
+            "t.toml:2:11: timeouts.connect must be greater than zero",
+        ),
+        (
+            "[limits]\nmax_connections = 0\n",
+            "t.toml:2:19: limits.max_connections = 0 is out of range",
+        ),
+        (
+            "[log]\nlevel = \"loud\"\n",
+            "t.toml:2:9: unknown variant `loud`",
+        ),
+        (
+            "[metrics]\nbind = \"127.0.0.1:9100\"\n",
+            "t.toml:1:1: [metrics] is not available",
+        ),
+    ];
+    for (prefix, want) in cases {
+        let e = err_with(&format!("{prefix}{MINIMAL}"));
+        assert!(e.starts_with(want), "got {e:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn bad_listeners_and_servers_are_explained() {
+    let cases = [
+        (
+            MINIMAL.replace("\"[::1]:8443\"", "\"127.0.0.1:8443\""),
+            "t.toml:3:27: bind `127.0.0.1:8443` is used twice",
+        ),
+        (
+            MINIMAL.replace("\"[::1]:8443\"", "\"localhost:8443\""),
+            "t.toml:3:27: bind `localhost:8443` is not an IP:port address",
+        ),
+        (
+            MINIMAL.replace("\"127.0.0.2:443\"", "\"127.0.0.2\""),
+            "t.toml:10:12: server `127.0.0.2` needs a port",
+        ),
+        (
+            MINIMAL.replace("weight = 2", "weight = 0"),
+            "t.toml:10:29: upstream `web`: server `127.0.0.3:443` has weight 0",
+        ),
+        (
+            MINIMAL.replace("\"a.example.com\" =", "\"~(\" ="),
+            "t.toml:7:1: invalid regex `~(`",
+        ),
+        (
+            MINIMAL.replace("default = \"web\"", "default = \"nope\""),
+            "t.toml:5:11: listener default points to unknown upstream `nope`",
+        ),
+        (
+            MINIMAL.replace("protocol = \"tls\"", "protocol = \"udp\""),
+            "t.toml:4:12: unknown variant `udp`",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err_with(&text);
+        assert!(e.starts_with(want), "got {e:?}, want {want:?}");
+    }
+}
+
+#[test]
+fn no_listener_or_listener_without_routes_is_invalid() {
+    assert_eq!(
+        err_with("[upstreams.a]\nservers = [\"127.0.0.2:1\"]\n"),
+        "t.toml: no [[listeners]] defined: add at least one with `bind`, `protocol` and routes"
+    );
+    let e = err_with("[[listeners]]\nbind = \"127.0.0.1:1\"\nprotocol = \"http\"\n");
+    assert!(
+        e.starts_with("t.toml:1:1: listener has no routes and no default"),
+        "{e}"
+    );
+}
+
+#[test]
+fn proxy_protocol_other_than_off_is_refused_for_now() {
+    let text = format!("{MINIMAL}proxy_protocol = \"v2\"\n");
+    assert!(err_with(&text).contains("proxy_protocol: PROXY protocol is not available"));
+}
+
+#[test]
+fn dns_names_are_resolved_at_load() {
+    let text = MINIMAL.replace("\"127.0.0.2:443\"", "\"localhost:443\"");
+    let c = load_str(&text).unwrap();
+    let s = &c.pools["web"].servers[0];
+    assert!(s.addr.ip().is_loopback());
+    assert!(s.label.starts_with("localhost:443 ("), "{}", s.label);
+}
+
+#[test]
+fn routes_keep_file_order_for_regexes() {
+    let text = MINIMAL.replace(
+        "\"a.example.com\" = \"web\"",
+        "\"~b\" = \"web\"\n\"~a\" = \"web\"",
+    );
+    let c = load_str(&text).unwrap();
+    let patterns: Vec<_> = c.listeners[0]
+        .router
+        .routes()
+        .iter()
+        .map(|r| r.pattern.to_string())
+        .collect();
+    assert_eq!(patterns, ["~b", "~a"]);
+}

@@ -1,0 +1,170 @@
+//! What `--check` and `--explain` print: the config as an operator reads it.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::name::HostName;
+use crate::peek::Protocol;
+use crate::pool::Pool;
+
+/// The one-screen summary printed by `--check`.
+pub fn summary(config: &Config, path: &str) -> String {
+    let mut out = format!("{path}: OK\n");
+    let t = &config.timeouts;
+    let _ = writeln!(
+        out,
+        "timeouts: peek {}, connect {}, idle {}, shutdown {}; max_connections {}, max_peek_bytes {}",
+        fmt_duration(t.peek),
+        fmt_duration(t.connect),
+        fmt_duration(t.idle),
+        fmt_duration(t.shutdown),
+        config.limits.max_connections,
+        config.limits.max_peek_bytes
+    );
+    let _ = writeln!(out, "listeners:");
+    for l in &config.listeners {
+        let (exact, wildcard, regex) = l.router.counts();
+        let _ = writeln!(
+            out,
+            "  {:<5} {}  routes: {exact} exact, {wildcard} wildcard, {regex} regex; default: {}",
+            l.protocol.as_str(),
+            join(&l.binds),
+            l.router.default_route().map_or("none", |r| &*r.target.name),
+        );
+        for r in l.router.routes() {
+            let _ = writeln!(out, "        {} -> {}", r.pattern, r.target.name);
+        }
+    }
+    let _ = writeln!(out, "upstreams:");
+    for pool in config.pools.values() {
+        let _ = writeln!(out, "  {}", describe_pool(pool));
+    }
+    out
+}
+
+/// The dry run of `--explain HOST[:PORT] [--listener BIND]`.
+pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> String {
+    let (name, port) = split_port(host);
+    let parsed = HostName::parse(name.as_bytes());
+    let mut out = String::new();
+    match &parsed {
+        Some(n) => {
+            let _ = writeln!(out, "name: {n}");
+        }
+        None => {
+            let _ = writeln!(out, "name: `{name}` is not a valid hostname; clients sending it count as sending no name");
+        }
+    }
+    let mut matched = 0;
+    for l in &config.listeners {
+        let selected = l
+            .binds
+            .iter()
+            .any(|b| listener.is_none_or(|want| *b == want) && port.is_none_or(|p| b.port() == p));
+        if !selected {
+            continue;
+        }
+        matched += 1;
+        let _ = writeln!(
+            out,
+            "\nlistener {} ({})",
+            join(&l.binds),
+            l.protocol.as_str()
+        );
+        match l.router.route(parsed.as_ref()) {
+            Some(route) => {
+                let _ = writeln!(out, "  route:   {}", route.pattern);
+                let _ = writeln!(out, "  pool:    {}", describe_pool(&route.target));
+                let now = Instant::now();
+                for s in &route.target.servers {
+                    let _ = writeln!(
+                        out,
+                        "  server:  {} weight={}{}{}",
+                        s.label,
+                        s.weight,
+                        if s.backup { " backup" } else { "" },
+                        if s.is_up(now) { "" } else { " (down)" },
+                    );
+                }
+            }
+            None => {
+                let what = match l.protocol {
+                    Protocol::Tls => "fatal unrecognized_name alert",
+                    Protocol::Http => "421 Misdirected Request",
+                };
+                let _ = writeln!(
+                    out,
+                    "  no route and no default: the client gets a {what}, no server is contacted"
+                );
+            }
+        }
+    }
+    if matched == 0 {
+        let _ = writeln!(
+            out,
+            "\nno listener matches {}",
+            listener.map_or_else(|| format!("port {}", port.unwrap_or(0)), |l| l.to_string())
+        );
+    }
+    out
+}
+
+fn describe_pool(pool: &Pool) -> String {
+    let backups = pool.servers.iter().filter(|s| s.backup).count();
+    format!(
+        "{} ({}, {} server(s){}, max_fails={}, fail_timeout={})",
+        pool.name,
+        pool.balance.as_str(),
+        pool.servers.len() - backups,
+        if backups > 0 {
+            format!(" + {backups} backup")
+        } else {
+            String::new()
+        },
+        pool.health.max_fails,
+        fmt_duration(pool.health.fail_timeout),
+    )
+}
+
+/// `host:port` → (`host`, Some(port)); an IPv6 literal keeps its brackets.
+fn split_port(host: &str) -> (&str, Option<u16>) {
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && (!h.contains(':') || h.ends_with(']')) => {
+            match p.parse() {
+                Ok(port) => (h, Some(port)),
+                Err(_) => (host, None),
+            }
+        }
+        _ => (host, None),
+    }
+}
+
+fn join(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn fmt_duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_port_handles_names_and_ipv6() {
+        assert_eq!(
+            split_port("a.example.com:443"),
+            ("a.example.com", Some(443))
+        );
+        assert_eq!(split_port("a.example.com"), ("a.example.com", None));
+        assert_eq!(split_port("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(split_port("::1"), ("::1", None));
+    }
+}

@@ -1,0 +1,29 @@
+//! sniroute: a Layer-4 load balancer that routes TLS by SNI and HTTP by `Host`
+//! without terminating anything.
+//!
+//! The data path, one module per step:
+//!
+//! 1. [`listener`] accepts, within `max_connections`, and spawns one task per client;
+//! 2. [`peek`] reads the ClientHello or request head into a bounded buffer and
+//!    parses the name ([`name::HostName`]);
+//! 3. [`route`] maps the name to a pool (exact, `*.wildcard`, `~regex`, default);
+//! 4. [`pool`] picks a server (least_conn / round_robin, backups, passive health);
+//! 5. [`connect`] connects, moving on to the next server at once on failure;
+//! 6. [`relay`] replays the peeked bytes and copies both ways until both close.
+//!
+//! [`proxy`] strings these together for one connection; [`server`] runs the
+//! listeners and the shutdown; [`config`] turns the TOML into the immutable
+//! tables all of this reads.
+
+pub mod config;
+pub mod connect;
+pub mod explain;
+pub mod listener;
+pub mod logging;
+pub mod name;
+pub mod peek;
+pub mod pool;
+pub mod proxy;
+pub mod relay;
+pub mod route;
+pub mod server;

@@ -1,0 +1,64 @@
+//! The `sniroute` command: parse arguments, load the config, then run it, check
+//! it or explain it. Errors end here, as one line on stderr and exit code 1.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use sniroute::{config, explain, logging, server};
+
+/// Layer-4 load balancer: routes TLS by SNI and HTTP by Host to upstream pools,
+/// without terminating anything.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(short, long, value_name = "FILE", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// Validate the config, print a summary and exit: 0 if valid, 1 if not.
+    #[arg(short = 't', long)]
+    check: bool,
+    /// Dry run: print which listener, route, pool and servers HOST would get.
+    #[arg(long, value_name = "HOST[:PORT]", conflicts_with = "check")]
+    explain: Option<String>,
+    /// With --explain: only the listener bound to this address.
+    #[arg(long, value_name = "BIND", requires = "explain")]
+    listener: Option<std::net::SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sniroute: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = config::load(&cli.config)?;
+    if cli.check {
+        print!(
+            "{}",
+            explain::summary(&config, &cli.config.display().to_string())
+        );
+        return Ok(());
+    }
+    if let Some(host) = &cli.explain {
+        print!("{}", explain::explain(&config, host, cli.listener));
+        return Ok(());
+    }
+    logging::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(server::run(config))?;
+    // Connections still open after the drain are cut here, not awaited.
+    runtime.shutdown_background();
+    Ok(())
+}

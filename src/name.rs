@@ -1,0 +1,111 @@
+//! The hostname a client asked for, as a validated domain type.
+//!
+//! Every name that reaches the router went through [`HostName::parse`]: lowercase,
+//! no trailing dot, only the bytes a DNS name or an IP literal can hold. Anything
+//! else (NUL, spaces, non-ASCII, over-long names) is not a hostname and is treated
+//! by the caller as an absent name, so client input can never smuggle an address or
+//! a pattern into routing.
+
+use std::fmt;
+
+/// Longest hostname we accept, as in DNS (RFC 1035: 253 characters in text form).
+pub const MAX_LEN: usize = 253;
+
+/// A lowercase hostname without trailing dot, safe to log and to match on.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostName(Box<str>);
+
+impl HostName {
+    /// Normalises and validates `raw`: ASCII letters, digits, `-`, `_`, `.`, and the
+    /// `[`, `]`, `:` of an IPv6 literal; at most [`MAX_LEN`] bytes. One trailing dot
+    /// is dropped (`example.com.` is `example.com`). Returns `None` for anything else.
+    pub fn parse(raw: &[u8]) -> Option<HostName> {
+        let raw = raw.strip_suffix(b".").unwrap_or(raw);
+        if raw.is_empty() || raw.len() > MAX_LEN {
+            return None;
+        }
+        let ok = raw.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'[' | b']' | b':')
+        });
+        if !ok || raw.starts_with(b".") || raw.ends_with(b".") || raw.windows(2).any(|w| w == b"..")
+        {
+            return None;
+        }
+        // Validated ASCII above, so this conversion cannot fail.
+        let s = std::str::from_utf8(raw).ok()?.to_ascii_lowercase();
+        Some(HostName(s.into_boxed_str()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The proper parent suffixes, longest first: `a.b.example.com` yields
+    /// `b.example.com`, `example.com`, `com`. Used for `*.suffix` routes.
+    pub fn parent_suffixes(&self) -> impl Iterator<Item = &str> {
+        let s = self.as_str();
+        s.match_indices('.').map(move |(i, _)| &s[i + 1..])
+    }
+}
+
+impl fmt::Display for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for HostName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> Option<String> {
+        HostName::parse(s.as_bytes()).map(|h| h.to_string())
+    }
+
+    #[test]
+    fn lowercases_and_drops_one_trailing_dot() {
+        assert_eq!(
+            name("Rancher.Example.COM.").as_deref(),
+            Some("rancher.example.com")
+        );
+        assert_eq!(name("a.example.com..").as_deref(), None);
+    }
+
+    #[test]
+    fn rejects_bytes_no_hostname_can_hold() {
+        for bad in [
+            "",
+            ".",
+            "a b",
+            "a\0b",
+            "exämple.com",
+            "a/b",
+            ".a",
+            "a..b",
+            "a%2f",
+        ] {
+            assert_eq!(name(bad), None, "{bad:?}");
+        }
+        assert_eq!(name(&"a".repeat(254)), None);
+        assert!(name(&"a".repeat(253)).is_some());
+    }
+
+    #[test]
+    fn keeps_ip_literals() {
+        assert_eq!(name("[::1]").as_deref(), Some("[::1]"));
+        assert_eq!(name("192.0.2.7").as_deref(), Some("192.0.2.7"));
+    }
+
+    #[test]
+    fn parent_suffixes_longest_first() {
+        let h = HostName::parse(b"a.b.example.com").unwrap();
+        let v: Vec<_> = h.parent_suffixes().collect();
+        assert_eq!(v, ["b.example.com", "example.com", "com"]);
+    }
+}

@@ -1,0 +1,156 @@
+//! HTTP/1.x request head → `Host`.
+//!
+//! httparse does the parsing; a head is complete at the blank line. The port of
+//! `Host` is ignored (`example.com:8080` routes as `example.com`). A request without
+//! `Host` (HTTP/1.0) has an absent name; two `Host` headers are a malformed request,
+//! since proxies disagreeing on which one counts is a classic smuggling vector.
+
+use super::{Parse, PeekError};
+use crate::name::HostName;
+
+/// More headers than this in one head is treated as too large.
+const MAX_HEADERS: usize = 100;
+
+/// Sent when no route matches the `Host`.
+pub const MISDIRECTED_RESPONSE: &[u8] = b"HTTP/1.1 421 Misdirected Request\r\n\
+Content-Type: text/plain\r\nContent-Length: 36\r\nConnection: close\r\n\r\n\
+no route for this host on this port\n";
+
+/// Parses the bytes read so far from an HTTP client.
+pub fn parse(buf: &[u8]) -> Result<Parse, PeekError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Partial) => Ok(Parse::Incomplete),
+        Ok(httparse::Status::Complete(_)) => {
+            let mut hosts = request
+                .headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("host"));
+            let host = hosts.next();
+            if hosts.next().is_some() {
+                return Err(PeekError::Malformed(
+                    "request head: more than one Host header",
+                ));
+            }
+            Ok(Parse::Complete(host.and_then(|h| {
+                HostName::parse(strip_port(h.value.trim_ascii()))
+            })))
+        }
+        Err(httparse::Error::TooManyHeaders) => Err(PeekError::TooLarge),
+        Err(httparse::Error::Version) => Err(PeekError::NotHttp("not an HTTP/1.x request line")),
+        Err(httparse::Error::Token) if request.method.is_none() => {
+            Err(PeekError::NotHttp("no HTTP method at the start"))
+        }
+        Err(_) => Err(PeekError::Malformed("request head")),
+    }
+}
+
+/// `host:port` → `host`; `[v6]:port` → `[v6]`; anything without a numeric port as is.
+fn strip_port(value: &[u8]) -> &[u8] {
+    match value.iter().rposition(|&b| b == b':') {
+        Some(i)
+            if value[..i].last() != Some(&b':')
+                && value[i + 1..].iter().all(u8::is_ascii_digit) =>
+        {
+            let host = &value[..i];
+            // A bare IPv6 address has colons but no brackets: no port to strip.
+            if host.contains(&b':') && !host.starts_with(b"[") {
+                value
+            } else {
+                host
+            }
+        }
+        _ => value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(buf: &[u8]) -> Option<String> {
+        match parse(buf).unwrap() {
+            Parse::Complete(name) => name.map(|n| n.to_string()),
+            Parse::Incomplete => panic!("incomplete"),
+        }
+    }
+
+    #[test]
+    fn host_header_case_insensitive_port_ignored() {
+        assert_eq!(
+            host(b"GET / HTTP/1.1\r\nhOsT: Rancher.Example.com:8080\r\n\r\n").as_deref(),
+            Some("rancher.example.com")
+        );
+        assert_eq!(
+            host(b"GET / HTTP/1.1\r\nHost:  a.example.com. \r\n\r\n").as_deref(),
+            Some("a.example.com")
+        );
+        assert_eq!(
+            host(b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n").as_deref(),
+            Some("[::1]")
+        );
+        assert_eq!(
+            host(b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n").as_deref(),
+            Some("[::1]")
+        );
+    }
+
+    #[test]
+    fn missing_empty_or_invalid_host_is_absent() {
+        assert_eq!(host(b"GET / HTTP/1.0\r\n\r\n"), None);
+        assert_eq!(host(b"GET / HTTP/1.1\r\nHost: \r\n\r\n"), None);
+        assert_eq!(host(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"), None);
+        assert_eq!(host(b"GET / HTTP/1.1\r\nHost: evil.com/x\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn every_prefix_of_a_head_needs_more() {
+        let head = b"POST /upload HTTP/1.1\r\nHost: a.example.com\r\nContent-Length: 5\r\n\r\n";
+        for end in 0..head.len() {
+            assert_eq!(
+                parse(&head[..end]).unwrap(),
+                Parse::Incomplete,
+                "prefix {end}"
+            );
+        }
+        let mut with_body = head.to_vec();
+        with_body.extend_from_slice(b"hello");
+        assert_eq!(host(&with_body).as_deref(), Some("a.example.com"));
+    }
+
+    #[test]
+    fn duplicate_host_is_malformed() {
+        let err = parse(b"GET / HTTP/1.1\r\nHost: a.example.com\r\nHost: b.example.com\r\n\r\n")
+            .unwrap_err();
+        assert_eq!(err.reason(), "malformed");
+    }
+
+    #[test]
+    fn tls_or_garbage_on_an_http_port_is_not_http() {
+        let hello = include_bytes!("../../tests/fixtures/hello/curl.bin");
+        assert_eq!(parse(hello).unwrap_err().reason(), "not_http");
+        assert_eq!(parse(b"\x00\x01\x02").unwrap_err().reason(), "not_http");
+        assert_eq!(
+            parse(b"GET / SPDY/3\r\n\r\n").unwrap_err().reason(),
+            "not_http"
+        );
+    }
+
+    #[test]
+    fn too_many_headers_is_too_large() {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&head).unwrap_err().reason(), "too_large");
+    }
+
+    #[test]
+    fn misdirected_response_content_length_is_exact() {
+        let text = std::str::from_utf8(MISDIRECTED_RESPONSE).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    }
+}

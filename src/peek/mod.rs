@@ -1,0 +1,206 @@
+//! Learning the hostname of a new connection without terminating anything.
+//!
+//! The reader accumulates bytes into one bounded buffer and hands the whole buffer
+//! to a pure, incremental parser after every read. The parser answers three ways:
+//! complete (with the name, or none), need more, or a typed error. Everything read
+//! is kept and later replayed to the server byte for byte, so the hello may arrive
+//! in any number of TCP segments and TLS records. Bounds: `timeouts.peek` for the
+//! whole head, `limits.max_peek_bytes` for its size.
+
+pub mod http;
+pub mod tls;
+
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::name::HostName;
+
+/// Which parser a listener uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// Route on the SNI of a TLS ClientHello.
+    Tls,
+    /// Route on the `Host` header of an HTTP/1.x request head.
+    Http,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tls => "tls",
+            Protocol::Http => "http",
+        }
+    }
+
+    /// Runs this protocol's parser over everything read so far.
+    pub fn parse(self, buf: &[u8]) -> Result<Parse, PeekError> {
+        match self {
+            Protocol::Tls => tls::parse(buf),
+            Protocol::Http => http::parse(buf),
+        }
+    }
+}
+
+/// What a parser made of the bytes read so far.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parse {
+    /// The hello / request head is complete. `None`: it carries no usable name.
+    Complete(Option<HostName>),
+    /// A valid prefix: read more.
+    Incomplete,
+}
+
+/// A successful peek: the name, and every byte read, to be replayed upstream.
+#[derive(Debug)]
+pub struct Peeked {
+    pub name: Option<HostName>,
+    pub bytes: Vec<u8>,
+}
+
+/// Why a peek failed. The connection is closed and no server is contacted.
+#[derive(Debug, thiserror::Error)]
+pub enum PeekError {
+    #[error("no complete ClientHello or request head within the peek timeout")]
+    Timeout,
+    #[error("no complete ClientHello or request head within max_peek_bytes")]
+    TooLarge,
+    #[error("not a TLS handshake: {0}")]
+    NotTls(&'static str),
+    #[error("not an HTTP/1.x request: {0}")]
+    NotHttp(&'static str),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    #[error("client closed the connection before the hello or request head was complete")]
+    ClientClosed,
+    #[error("read error while peeking: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl PeekError {
+    /// A short, stable label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PeekError::Timeout => "timeout",
+            PeekError::TooLarge => "too_large",
+            PeekError::NotTls(_) => "not_tls",
+            PeekError::NotHttp(_) => "not_http",
+            PeekError::Malformed(_) => "malformed",
+            PeekError::ClientClosed => "client_closed",
+            PeekError::Io(_) => "read_error",
+        }
+    }
+}
+
+/// Reads from `stream` until `protocol`'s parser has a complete head, within
+/// `timeout` and `max_bytes`.
+pub async fn peek<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    protocol: Protocol,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Peeked, PeekError> {
+    tokio::time::timeout(timeout, read_head(stream, protocol, max_bytes))
+        .await
+        .unwrap_or(Err(PeekError::Timeout))
+}
+
+/// Most hellos fit in one read of this size; larger ones grow the buffer up to the cap.
+const READ_CHUNK: usize = 2048;
+
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    protocol: Protocol,
+    max_bytes: usize,
+) -> Result<Peeked, PeekError> {
+    let mut buf = Vec::new();
+    loop {
+        // The cap is on the length, never the capacity: we read at most `max_bytes`.
+        let room = max_bytes.saturating_sub(buf.len());
+        if room == 0 {
+            return Err(PeekError::TooLarge);
+        }
+        let start = buf.len();
+        buf.resize(start + room.min(READ_CHUNK), 0);
+        let n = stream.read(&mut buf[start..]).await?;
+        buf.truncate(start + n);
+        if n == 0 {
+            return Err(PeekError::ClientClosed);
+        }
+        match protocol.parse(&buf)? {
+            Parse::Complete(name) => return Ok(Peeked { name, bytes: buf }),
+            Parse::Incomplete => continue,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    const HELLO: &[u8] = include_bytes!("../../tests/fixtures/hello/curl.bin");
+
+    #[tokio::test]
+    async fn hello_in_one_byte_segments_is_assembled_and_kept_whole() {
+        let (mut client, mut server) = tokio::io::duplex(1);
+        let writer = tokio::spawn(async move {
+            for b in HELLO {
+                client.write_all(&[*b]).await.unwrap();
+            }
+            client
+        });
+        let peeked = peek(&mut server, Protocol::Tls, 16384, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(peeked.name.unwrap().as_str(), "curl.example.com");
+        assert_eq!(peeked.bytes, HELLO);
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn silent_client_times_out() {
+        let (_client, mut server) = tokio::io::duplex(64);
+        let err = peek(&mut server, Protocol::Tls, 16384, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "timeout");
+    }
+
+    #[tokio::test]
+    async fn never_reads_past_max_peek_bytes() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        // A valid record header announcing a large hello, then filler.
+        let mut big = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfb];
+        big.resize(20_000, 0);
+        client.write_all(&big).await.unwrap();
+        let err = peek(&mut server, Protocol::Tls, 1000, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+        // Exactly max_bytes were consumed from the stream.
+        let mut rest = vec![0; 20_000];
+        drop(client);
+        let mut got = 0;
+        loop {
+            let n = server.read(&mut rest[got..]).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        assert_eq!(got, 19_000);
+    }
+
+    #[tokio::test]
+    async fn eof_before_complete_is_client_closed() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client.write_all(&HELLO[..100]).await.unwrap();
+        drop(client);
+        let err = peek(&mut server, Protocol::Tls, 16384, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(err.reason(), "client_closed");
+    }
+}

@@ -1,0 +1,174 @@
+//! Passive health, with nginx's `max_fails` / `fail_timeout` semantics.
+//!
+//! `max_fails` failed connects within `fail_timeout` mark a server down for
+//! `fail_timeout`. When that time has passed the server is tried again; one more
+//! failure marks it down again at once (nginx keeps the failure count until a
+//! success), one success clears everything. `max_fails = 0` never marks down.
+//! Time is always passed in, so tests drive the clock by hand.
+
+use std::time::{Duration, Instant};
+
+/// A pool's health settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthPolicy {
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+}
+
+impl Default for HealthPolicy {
+    /// nginx's defaults.
+    fn default() -> Self {
+        HealthPolicy {
+            max_fails: 1,
+            fail_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a failure did to the server's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    StillUp,
+    MarkedDown,
+}
+
+/// One server's failure window.
+#[derive(Debug, Default, Clone)]
+pub struct Health {
+    fails: u32,
+    last_fail: Option<Instant>,
+    down_until: Option<Instant>,
+}
+
+impl Health {
+    /// Whether the balancer may pick this server at `now`.
+    pub fn is_up(&self, now: Instant) -> bool {
+        self.down_until.is_none_or(|until| now >= until)
+    }
+
+    pub fn record_failure(&mut self, policy: HealthPolicy, now: Instant) -> Transition {
+        if policy.max_fails == 0 {
+            return Transition::StillUp;
+        }
+        let window_over = self
+            .last_fail
+            .is_none_or(|t| now.saturating_duration_since(t) > policy.fail_timeout);
+        // Once marked down, the count is kept until a success (see module docs).
+        if window_over && self.down_until.is_none() {
+            self.fails = 0;
+        }
+        self.fails = self.fails.saturating_add(1);
+        self.last_fail = Some(now);
+        if self.fails >= policy.max_fails {
+            self.down_until = Some(now + policy.fail_timeout);
+            Transition::MarkedDown
+        } else {
+            Transition::StillUp
+        }
+    }
+
+    /// A successful connect: the server is healthy again. Returns whether it was down.
+    pub fn record_success(&mut self) -> bool {
+        let was_down = self.down_until.is_some();
+        *self = Health::default();
+        was_down
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: HealthPolicy = HealthPolicy {
+        max_fails: 3,
+        fail_timeout: Duration::from_secs(5),
+    };
+
+    fn at(base: Instant, ms: u64) -> Instant {
+        base + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn max_fails_within_fail_timeout_marks_down_for_fail_timeout() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        assert_eq!(h.record_failure(POLICY, at(t0, 0)), Transition::StillUp);
+        assert_eq!(h.record_failure(POLICY, at(t0, 1000)), Transition::StillUp);
+        assert!(h.is_up(at(t0, 1000)));
+        assert_eq!(
+            h.record_failure(POLICY, at(t0, 2000)),
+            Transition::MarkedDown
+        );
+        assert!(!h.is_up(at(t0, 2000)));
+        assert!(!h.is_up(at(t0, 6999)));
+        assert!(h.is_up(at(t0, 7000)));
+    }
+
+    #[test]
+    fn failures_spread_wider_than_fail_timeout_do_not_add_up() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        for i in 0..10 {
+            assert_eq!(
+                h.record_failure(POLICY, at(t0, i * 5001)),
+                Transition::StillUp
+            );
+        }
+        assert!(h.is_up(at(t0, 50_010)));
+    }
+
+    #[test]
+    fn one_failure_after_the_down_period_marks_down_again() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        for i in 0..3 {
+            h.record_failure(POLICY, at(t0, i));
+        }
+        assert!(h.is_up(at(t0, 6000)));
+        assert_eq!(
+            h.record_failure(POLICY, at(t0, 6000)),
+            Transition::MarkedDown
+        );
+        assert!(!h.is_up(at(t0, 10_999)));
+        assert!(h.is_up(at(t0, 11_000)));
+    }
+
+    #[test]
+    fn success_clears_everything() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        for i in 0..3 {
+            h.record_failure(POLICY, at(t0, i));
+        }
+        assert!(h.record_success());
+        assert!(h.is_up(at(t0, 10)));
+        assert_eq!(h.record_failure(POLICY, at(t0, 10)), Transition::StillUp);
+        assert!(!h.record_success());
+    }
+
+    #[test]
+    fn max_fails_zero_never_marks_down() {
+        let t0 = Instant::now();
+        let policy = HealthPolicy {
+            max_fails: 0,
+            ..POLICY
+        };
+        let mut h = Health::default();
+        for i in 0..100 {
+            assert_eq!(h.record_failure(policy, at(t0, i)), Transition::StillUp);
+        }
+        assert!(h.is_up(at(t0, 100)));
+    }
+
+    #[test]
+    fn nginx_default_is_one_fail_ten_seconds() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        assert_eq!(
+            h.record_failure(HealthPolicy::default(), t0),
+            Transition::MarkedDown
+        );
+        assert!(!h.is_up(at(t0, 9_999)));
+        assert!(h.is_up(at(t0, 10_000)));
+    }
+}
