@@ -5,6 +5,7 @@
 //! disabled on its own, independent of `log.level`. `RUST_LOG`, when set, overrides
 //! both for debugging.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -29,7 +30,8 @@ pub fn init(settings: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},{ACCESS_TARGET}={access}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match settings.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -64,15 +66,15 @@ impl AccessLog<'_> {
             target: ACCESS_TARGET,
             client = %self.client,
             listener = %self.listener,
-            host = self.host.as_ref().map_or("-", |h| h.as_str()),
-            route = self.route.unwrap_or("-"),
-            pool = self.pool.unwrap_or("-"),
+            host = %self.host.as_ref().map_or("-", |h| h.as_str()),
+            route = %self.route.unwrap_or("-"),
+            pool = %self.pool.unwrap_or("-"),
             server = %self.server.map_or_else(|| "-".to_owned(), |s| s.to_string()),
             bytes_up = self.bytes_up,
             bytes_down = self.bytes_down,
             duration_ms = duration.as_millis() as u64,
-            outcome = self.outcome,
-            reason = self.reason.as_str(),
+            outcome = %self.outcome,
+            reason = %self.reason,
         );
     }
 }

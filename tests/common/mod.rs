@@ -1,0 +1,375 @@
+//! Shared harness for the integration tests: the real `sniroute` binary, real
+//! upstream servers on 127.0.0.x, real TLS clients. Everything binds loopback only
+//! and every wait has a deadline.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub const DEADLINE: Duration = Duration::from_secs(10);
+
+/// A free TCP port on `ip` (bound then released; loopback, so no one else races us).
+pub fn free_port(ip: &str) -> u16 {
+    StdListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+pub fn free_addr(ip: &str) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), free_port(ip))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `DEADLINE`.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The real binary, running on a config written to a temp dir.
+pub struct Sniroute {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+}
+
+impl Sniroute {
+    /// Starts sniroute on `config` and waits until it reports ready.
+    pub fn start(config: &str) -> Sniroute {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sniroute.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sniroute"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let s = Sniroute { child, dir, log };
+        s.wait_log("ready");
+        s
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`; returns the whole log.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(start.elapsed() < DEADLINE, "timed out waiting for {needle:?} in log:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Access-log lines (text format) seen so far.
+    pub fn access_lines(&self) -> Vec<String> {
+        self.log().lines().filter(|l| l.contains("sniroute::access")).map(str::to_owned).collect()
+    }
+
+    /// Waits for `n` access-log lines.
+    pub fn wait_access(&self, n: usize) -> Vec<String> {
+        let start = Instant::now();
+        loop {
+            let lines = self.access_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(start.elapsed() < DEADLINE, "wanted {n} access lines, log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < within, "sniroute did not exit within {within:?}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("sniroute.toml")
+    }
+}
+
+impl Drop for Sniroute {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sniroute")).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("sniroute.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// What an upstream does with each connection.
+#[derive(Clone)]
+pub enum Mode {
+    /// Echo every byte; on EOF write `bye` and close (shows half-close both ways).
+    Echo,
+    /// Read an HTTP request head, answer `200` with body `<name> host=<Host>`.
+    Http,
+    /// TLS server for `*.example.com`; answers one line `<name> sni=<sni>`.
+    Tls,
+    /// Keep the connection open, reading and discarding, until the peer closes.
+    Hold,
+}
+
+/// A real upstream server on `addr`, run on the test's runtime.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: String,
+    accepted: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
+    /// The first bytes each connection sent (up to 64 KiB), in accept order.
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Upstream {
+    pub async fn start(ip: &str, name: &str, mode: Mode) -> Upstream {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let up = Upstream { addr, name: name.to_owned(), accepted: accepted.clone(), open: open.clone(), received: received.clone() };
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let index = {
+                    let mut r = received.lock().unwrap();
+                    r.push(Vec::new());
+                    r.len() - 1
+                };
+                let (name, mode, open, received) = (name.clone(), mode.clone(), open.clone(), received.clone());
+                open.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let _ = serve(stream, &name, mode, &received, index).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        up
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    name: &str,
+    mode: Mode,
+    received: &Mutex<Vec<Vec<u8>>>,
+    index: usize,
+) -> std::io::Result<()> {
+    let record = |bytes: &[u8]| {
+        let mut r = received.lock().unwrap();
+        let slot = &mut r[index];
+        let room = (64 * 1024usize).saturating_sub(slot.len());
+        slot.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    };
+    match mode {
+        Mode::Echo => {
+            let mut buf = vec![0; 64 * 1024];
+            loop {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    stream.write_all(b"bye").await?;
+                    stream.shutdown().await?;
+                    return Ok(());
+                }
+                record(&buf[..n]);
+                stream.write_all(&buf[..n]).await?;
+            }
+        }
+        Mode::Hold => {
+            let mut buf = vec![0; 16 * 1024];
+            loop {
+                let n = stream.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                record(&buf[..n]);
+            }
+        }
+        Mode::Http => {
+            let head = read_head(&mut stream).await?;
+            record(&head);
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let host = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Host: ").or_else(|| l.strip_prefix("host: ")))
+                .unwrap_or("-")
+                .to_owned();
+            let body = format!("{name} host={host}");
+            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            stream.write_all(resp.as_bytes()).await?;
+            stream.shutdown().await
+        }
+        Mode::Tls => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls_server_config());
+            let mut tls = acceptor.accept(stream).await.map_err(std::io::Error::other)?;
+            let sni = tls.get_ref().1.server_name().unwrap_or("-").to_owned();
+            let mut buf = [0u8; 1024];
+            let n = tls.read(&mut buf).await?;
+            record(&buf[..n]);
+            tls.write_all(format!("{name} sni={sni}\n").as_bytes()).await?;
+            tls.shutdown().await
+        }
+    }
+}
+
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    Ok(head)
+}
+
+struct TestPki {
+    cert_pem: String,
+    cert_der: rustls::pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
+}
+
+fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let names = vec!["*.example.com".to_owned(), "example.com".to_owned(), "*.apps.example.com".to_owned()];
+        let ck = rcgen::generate_simple_self_signed(names).unwrap();
+        TestPki {
+            cert_pem: ck.cert.pem(),
+            cert_der: ck.cert.der().clone(),
+            key_der: ck.key_pair.serialize_der(),
+        }
+    })
+}
+
+/// The test CA/cert in PEM, for `curl --cacert` / `openssl s_client -CAfile`.
+pub fn cert_pem_file(dir: &Path) -> PathBuf {
+    let path = dir.join("upstream.pem");
+    std::fs::write(&path, &pki().cert_pem).unwrap();
+    path
+}
+
+fn tls_server_config() -> Arc<rustls::ServerConfig> {
+    static CFG: OnceLock<Arc<rustls::ServerConfig>> = OnceLock::new();
+    CFG.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(pki().key_der.clone().into());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![pki().cert_der.clone()], key)
+            .unwrap();
+        Arc::new(cfg)
+    })
+    .clone()
+}
+
+/// A verifying rustls client: connects to `proxy` asking for `sni`, sends one
+/// line, returns the server's answer.
+pub async fn tls_request(proxy: SocketAddr, sni: &str) -> std::io::Result<String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki().cert_der.clone()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let stream = TcpStream::connect(proxy).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
+    let mut tls = connector.connect(name, stream).await?;
+    tls.write_all(b"hello\n").await?;
+    let mut out = String::new();
+    tls.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// Reads until EOF (or error), within `DEADLINE`; returns what arrived.
+pub async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out)).await.expect("read_all timed out");
+    out
+}
+
+/// Polls an async condition with a deadline.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A real ClientHello captured from curl, SNI `curl.example.com`.
+pub const CURL_HELLO: &[u8] = include_bytes!("../fixtures/hello/curl.bin");
