@@ -38,28 +38,46 @@ async fn least_conn_spreads_held_connections_by_weight() {
     let listen = free_addr("127.0.0.1");
     let _proxy = Sniroute::start(&config(
         listen,
-        &format!("\"{}\", \"{}\", {{ addr = \"{}\", weight = 2 }}", a.addr, b.addr, c.addr),
+        &format!(
+            "\"{}\", \"{}\", {{ addr = \"{}\", weight = 2 }}",
+            a.addr, b.addr, c.addr
+        ),
         "",
     ));
     let mut held = Vec::new();
     for i in 1..=8 {
         held.push(hold(listen).await);
         // One at a time, so each pick sees the previous connections as active.
-        eventually("connection to reach an upstream", || a.accepted() + b.accepted() + c.accepted() == i).await;
+        eventually("connection to reach an upstream", || {
+            a.accepted() + b.accepted() + c.accepted() == i
+        })
+        .await;
     }
     assert_eq!((a.accepted(), b.accepted(), c.accepted()), (2, 2, 4));
     // Every upstream received the hello byte for byte.
     for up in [&a, &b, &c] {
-        eventually("hello to arrive", || up.received.lock().unwrap().iter().all(|r| r == CURL_HELLO)).await;
+        eventually("hello to arrive", || {
+            up.received.lock().unwrap().iter().all(|r| r == CURL_HELLO)
+        })
+        .await;
     }
     // Free two connections, wherever they went; least_conn refills exactly those gaps.
     drop(held.drain(..2));
-    eventually("two connections to close", || a.open() + b.open() + c.open() == 6).await;
+    eventually("two connections to close", || {
+        a.open() + b.open() + c.open() == 6
+    })
+    .await;
     for i in 1..=2 {
         held.push(hold(listen).await);
-        eventually("refill", || a.accepted() + b.accepted() + c.accepted() == 8 + i).await;
+        eventually("refill", || {
+            a.accepted() + b.accepted() + c.accepted() == 8 + i
+        })
+        .await;
     }
-    eventually("refilled evenly", || (a.open(), b.open(), c.open()) == (2, 2, 4)).await;
+    eventually("refilled evenly", || {
+        (a.open(), b.open(), c.open()) == (2, 2, 4)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,15 +85,26 @@ async fn a_refusing_server_costs_clients_nothing() {
     let live = Upstream::start("127.0.0.3", "live", Mode::Tls).await;
     let listen = free_addr("127.0.0.1");
     let down = dead("127.0.0.2");
-    let proxy = Sniroute::start(&config(listen, &format!("\"{down}\", \"{}\"", live.addr), "max_fails = 3\nfail_timeout = \"30s\""));
+    let proxy = Sniroute::start(&config(
+        listen,
+        &format!("\"{down}\", \"{}\"", live.addr),
+        "max_fails = 3\nfail_timeout = \"30s\"",
+    ));
     for i in 0..10 {
-        let answer = tls_request(listen, &format!("c{i}.example.com")).await.unwrap();
+        let answer = tls_request(listen, &format!("c{i}.example.com"))
+            .await
+            .unwrap();
         assert_eq!(answer, format!("live sni=c{i}.example.com\n"));
     }
     assert_eq!(live.accepted(), 10);
     // Three failures within fail_timeout mark the server down, and then it is skipped.
     let log = proxy.wait_log("server marked down");
-    assert_eq!(log.matches("connect failed; trying the next server").count(), 3, "{log}");
+    assert_eq!(
+        log.matches("connect failed; trying the next server")
+            .count(),
+        3,
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,10 +117,18 @@ async fn all_servers_down_are_still_all_tried_then_the_client_is_closed() {
         assert_eq!(read_all(&mut c).await, b"");
     }
     let lines = proxy.wait_access(2);
-    assert!(lines.iter().all(|l| l.contains("outcome=connect_failed")), "{lines:?}");
+    assert!(
+        lines.iter().all(|l| l.contains("outcome=connect_failed")),
+        "{lines:?}"
+    );
     // Both clients tried both servers, although after the first both were marked down.
     let log = proxy.log();
-    assert_eq!(log.matches("connect failed; trying the next server").count(), 4, "{log}");
+    assert_eq!(
+        log.matches("connect failed; trying the next server")
+            .count(),
+        4,
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,11 +138,17 @@ async fn backup_only_when_no_primary_is_usable() {
     let listen = free_addr("127.0.0.1");
     let _proxy = Sniroute::start(&config(
         listen,
-        &format!("\"{}\", {{ addr = \"{}\", backup = true }}", primary.addr, backup.addr),
+        &format!(
+            "\"{}\", {{ addr = \"{}\", backup = true }}",
+            primary.addr, backup.addr
+        ),
         "",
     ));
     for _ in 0..5 {
-        assert!(tls_request(listen, "x.example.com").await.unwrap().starts_with("primary "));
+        assert!(tls_request(listen, "x.example.com")
+            .await
+            .unwrap()
+            .starts_with("primary "));
     }
     assert_eq!((primary.accepted(), backup.accepted()), (5, 0));
 
@@ -114,11 +157,17 @@ async fn backup_only_when_no_primary_is_usable() {
     let down = dead("127.0.0.3");
     let _proxy2 = Sniroute::start(&config(
         listen,
-        &format!("\"{down}\", {{ addr = \"{}\", backup = true }}", backup.addr),
+        &format!(
+            "\"{down}\", {{ addr = \"{}\", backup = true }}",
+            backup.addr
+        ),
         "",
     ));
     for _ in 0..3 {
-        assert!(tls_request(listen, "x.example.com").await.unwrap().starts_with("backup "));
+        assert!(tls_request(listen, "x.example.com")
+            .await
+            .unwrap()
+            .starts_with("backup "));
     }
     assert_eq!(backup.accepted(), 3);
 }

@@ -51,7 +51,10 @@ async fn eight_mib_each_way_byte_exact_and_half_close_forwarded() {
         wr
     });
     let mut got = Vec::with_capacity(sent.len() + 3);
-    tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut got)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), rd.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
     let _wr = writer.await.unwrap();
     // The upstream saw our FIN (it only sends `bye` after EOF), and its FIN reached us.
     assert!(got.ends_with(b"bye"), "no half-close round trip");
@@ -61,7 +64,11 @@ async fn eight_mib_each_way_byte_exact_and_half_close_forwarded() {
 
     let lines = proxy.wait_access(1);
     let total = sent.len();
-    assert!(lines[0].contains(&format!("bytes_up={total} bytes_down={}", total + 3)), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!("bytes_up={total} bytes_down={}", total + 3)),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains("outcome=closed"), "{}", lines[0]);
 }
 
@@ -76,9 +83,18 @@ async fn silent_client_is_closed_at_the_peek_timeout_without_upstream() {
     partial.write_all(&CURL_HELLO[..100]).await.unwrap();
     assert_eq!(read_all(&mut silent).await, b"");
     assert_eq!(read_all(&mut partial).await, b"");
-    assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
     let lines = proxy.wait_access(2);
-    assert!(lines.iter().all(|l| l.contains("outcome=peek_failed reason=timeout")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("outcome=peek_failed reason=timeout")),
+        "{lines:?}"
+    );
     assert_eq!(up.accepted(), 0);
 }
 
@@ -114,7 +130,10 @@ async fn idle_connections_are_closed_both_ways() {
     assert_eq!(read_all(&mut c).await, b"");
     eventually("upstream side closed too", || up.open() == 0).await;
     let line = proxy.wait_log("outcome=idle_timeout");
-    assert!(line.contains(&format!("bytes_up={}", CURL_HELLO.len() + 4)), "{line}");
+    assert!(
+        line.contains(&format!("bytes_up={}", CURL_HELLO.len() + 4)),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,7 +145,7 @@ async fn client_reset_closes_the_upstream_side() {
     let mut c = c;
     c.write_all(CURL_HELLO).await.unwrap();
     eventually("upstream connection", || up.open() == 1).await;
-    c.set_linger(Some(Duration::ZERO)).unwrap();
+    c.set_zero_linger().unwrap();
     drop(c); // RST
     eventually("upstream connection closed", || up.open() == 0).await;
     proxy.wait_log("outcome=client_error");
@@ -144,7 +163,11 @@ async fn max_connections_closes_the_excess_at_once_and_recovers() {
     eventually("two upstream connections", || up.open() == 2).await;
 
     let mut third = TcpStream::connect(listen).await.unwrap();
-    assert_eq!(read_all(&mut third).await, b"", "third connection must be closed");
+    assert_eq!(
+        read_all(&mut third).await,
+        b"",
+        "third connection must be closed"
+    );
     proxy.wait_log("max_connections reached");
     assert_eq!(up.accepted(), 2);
 
@@ -159,7 +182,10 @@ async fn max_connections_closes_the_excess_at_once_and_recovers() {
         if up.accepted() == 3 {
             break;
         }
-        assert!(start.elapsed() < DEADLINE, "no slot after closing a connection");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no slot after closing a connection"
+        );
     }
     drop(second);
 }
@@ -176,13 +202,19 @@ async fn sigterm_stops_accepting_and_drains_open_connections() {
 
     proxy.signal("TERM");
     proxy.wait_log("stopped accepting");
-    assert!(TcpStream::connect(listen).await.is_err(), "new connections must be refused");
+    assert!(
+        TcpStream::connect(listen).await.is_err(),
+        "new connections must be refused"
+    );
     // The open connection still works both ways.
     c.write_all(b"still here").await.unwrap();
     let mut buf = [0; 10];
     c.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"still here");
-    assert!(proxy.child.try_wait().unwrap().is_none(), "exited before the drain");
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "exited before the drain"
+    );
     c.shutdown().await.unwrap();
     assert_eq!(read_all(&mut c).await, b"bye");
     let status = proxy.wait_exit(Duration::from_secs(10));
@@ -213,4 +245,47 @@ async fn drain_ends_at_timeouts_shutdown_and_a_second_signal_exits_at_once() {
     proxy.signal("TERM");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
     assert!(proxy.log().contains("second signal; exiting now"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_file_descriptors_pauses_accept_without_spinning_then_recovers() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Tls).await;
+    let listen = free_addr("127.0.0.1");
+    let proxy = Sniroute::start_with_nofile(&config(listen, up.addr, ""), Some(48));
+    // Each proxied connection costs two descriptors: 40 of them cannot all fit.
+    let mut held = Vec::new();
+    for _ in 0..40 {
+        let mut c = TcpStream::connect(listen).await.unwrap();
+        c.write_all(CURL_HELLO).await.unwrap();
+        held.push(c);
+    }
+    proxy.wait_log("accept failed");
+    let cpu_before = proxy.cpu_time();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spent = proxy.cpu_time() - cpu_before;
+    assert!(
+        spent < Duration::from_millis(300),
+        "spinning while out of descriptors: {spent:?} CPU in 1 s"
+    );
+    assert!(
+        proxy.log().contains("Too many open files"),
+        "{}",
+        proxy.log()
+    );
+
+    drop(held);
+    // Once descriptors are free again, new clients are served.
+    let start = Instant::now();
+    loop {
+        if let Ok(answer) = tls_request(listen, "after.example.com").await {
+            assert_eq!(answer, "up sni=after.example.com\n");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never recovered:\n{}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -18,7 +18,11 @@ pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A free TCP port on `ip` (bound then released; loopback, so no one else races us).
 pub fn free_port(ip: &str) -> u16 {
-    StdListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    StdListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn free_addr(ip: &str) -> SocketAddr {
@@ -47,10 +51,26 @@ pub struct Sniroute {
 impl Sniroute {
     /// Starts sniroute on `config` and waits until it reports ready.
     pub fn start(config: &str) -> Sniroute {
+        Self::start_with_nofile(config, None)
+    }
+
+    /// Starts sniroute with `RLIMIT_NOFILE` lowered to `nofile` (through the shell's
+    /// `ulimit`), to exhaust its file descriptors on purpose.
+    pub fn start_with_nofile(config: &str, nofile: Option<u32>) -> Sniroute {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sniroute.toml");
         std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sniroute"))
+        let mut command = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_sniroute")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_sniroute"));
+                c
+            }
+        };
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .env_remove("RUST_LOG")
@@ -86,14 +106,21 @@ impl Sniroute {
             if log.contains(needle) {
                 return log;
             }
-            assert!(start.elapsed() < DEADLINE, "timed out waiting for {needle:?} in log:\n{log}");
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {needle:?} in log:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Access-log lines (text format) seen so far.
     pub fn access_lines(&self) -> Vec<String> {
-        self.log().lines().filter(|l| l.contains("sniroute::access")).map(str::to_owned).collect()
+        self.log()
+            .lines()
+            .filter(|l| l.contains("sniroute::access"))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Waits for `n` access-log lines.
@@ -104,13 +131,21 @@ impl Sniroute {
             if lines.len() >= n {
                 return lines;
             }
-            assert!(start.elapsed() < DEADLINE, "wanted {n} access lines, log:\n{}", self.log());
+            assert!(
+                start.elapsed() < DEADLINE,
+                "wanted {n} access lines, log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
         assert!(status.success());
     }
 
@@ -121,9 +156,23 @@ impl Sniroute {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(start.elapsed() < within, "sniroute did not exit within {within:?}; log:\n{}", self.log());
+            assert!(
+                start.elapsed() < within,
+                "sniroute did not exit within {within:?}; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// CPU time (user + system) the process used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the `(comm)`: state is field 3; utime and stime are 14 and 15.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after.split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
     }
 
     pub fn path(&self) -> PathBuf {
@@ -140,7 +189,10 @@ impl Drop for Sniroute {
 
 /// Runs the binary to completion with `args`; returns (exit code, stdout, stderr).
 pub fn run_cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_sniroute")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sniroute"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -184,18 +236,27 @@ impl Upstream {
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let received = Arc::new(Mutex::new(Vec::new()));
-        let up = Upstream { addr, name: name.to_owned(), accepted: accepted.clone(), open: open.clone(), received: received.clone() };
+        let up = Upstream {
+            addr,
+            name: name.to_owned(),
+            accepted: accepted.clone(),
+            open: open.clone(),
+            received: received.clone(),
+        };
         let name = name.to_owned();
         tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let index = {
                     let mut r = received.lock().unwrap();
                     r.push(Vec::new());
                     r.len() - 1
                 };
-                let (name, mode, open, received) = (name.clone(), mode.clone(), open.clone(), received.clone());
+                let (name, mode, open, received) =
+                    (name.clone(), mode.clone(), open.clone(), received.clone());
                 open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let _ = serve(stream, &name, mode, &received, index).await;
@@ -258,22 +319,32 @@ async fn serve(
             let text = String::from_utf8_lossy(&head).into_owned();
             let host = text
                 .lines()
-                .find_map(|l| l.strip_prefix("Host: ").or_else(|| l.strip_prefix("host: ")))
+                .find_map(|l| {
+                    l.strip_prefix("Host: ")
+                        .or_else(|| l.strip_prefix("host: "))
+                })
                 .unwrap_or("-")
                 .to_owned();
             let body = format!("{name} host={host}");
-            let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             stream.write_all(resp.as_bytes()).await?;
             stream.shutdown().await
         }
         Mode::Tls => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls_server_config());
-            let mut tls = acceptor.accept(stream).await.map_err(std::io::Error::other)?;
+            let mut tls = acceptor
+                .accept(stream)
+                .await
+                .map_err(std::io::Error::other)?;
             let sni = tls.get_ref().1.server_name().unwrap_or("-").to_owned();
             let mut buf = [0u8; 1024];
             let n = tls.read(&mut buf).await?;
             record(&buf[..n]);
-            tls.write_all(format!("{name} sni={sni}\n").as_bytes()).await?;
+            tls.write_all(format!("{name} sni={sni}\n").as_bytes())
+                .await?;
             tls.shutdown().await
         }
     }
@@ -301,7 +372,11 @@ struct TestPki {
 fn pki() -> &'static TestPki {
     static PKI: OnceLock<TestPki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let names = vec!["*.example.com".to_owned(), "example.com".to_owned(), "*.apps.example.com".to_owned()];
+        let names = vec![
+            "*.example.com".to_owned(),
+            "example.com".to_owned(),
+            "*.apps.example.com".to_owned(),
+        ];
         let ck = rcgen::generate_simple_self_signed(names).unwrap();
         TestPki {
             cert_pem: ck.cert.pem(),
@@ -347,7 +422,8 @@ pub async fn tls_request(proxy: SocketAddr, sni: &str) -> std::io::Result<String
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let stream = TcpStream::connect(proxy).await?;
-    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
+    let name =
+        rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
     let mut tls = connector.connect(name, stream).await?;
     tls.write_all(b"hello\n").await?;
     let mut out = String::new();
@@ -358,7 +434,9 @@ pub async fn tls_request(proxy: SocketAddr, sni: &str) -> std::io::Result<String
 /// Reads until EOF (or error), within `DEADLINE`; returns what arrived.
 pub async fn read_all(stream: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out)).await.expect("read_all timed out");
+    let _ = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut out))
+        .await
+        .expect("read_all timed out");
     out
 }
 

@@ -1,0 +1,175 @@
+//! The command line: `--check`, `--explain`, `--version`, start-up errors.
+
+mod common;
+
+use common::*;
+
+const GOOD: &str = r#"
+[[listeners]]
+bind = ["127.0.0.1:18443", "[::1]:18443"]
+protocol = "tls"
+default = "apps"
+[listeners.routes]
+"rancher.example.com" = "rancher"
+"*.apps.example.com" = "apps"
+"~^argo-[a-z]+\\.example\\.com$" = "apps"
+
+[[listeners]]
+bind = "127.0.0.1:18080"
+protocol = "http"
+[listeners.routes]
+"rancher.example.com" = "rancher"
+
+[upstreams.rancher]
+servers = ["127.0.0.2:443", { addr = "127.0.0.3:443", weight = 2 }, { addr = "127.0.0.9:443", backup = true }]
+max_fails = 3
+fail_timeout = "5s"
+
+[upstreams.apps]
+servers = ["127.0.0.4:443"]
+"#;
+
+#[test]
+fn check_accepts_a_good_config_and_summarises_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), GOOD);
+    for flag in ["--check", "-t"] {
+        let (code, out, err) = run_cli(&["--config", path.to_str().unwrap(), flag]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.starts_with(&format!("{}: OK\n", path.display())),
+            "{out}"
+        );
+        assert!(out.contains("tls   127.0.0.1:18443, [::1]:18443  routes: 1 exact, 1 wildcard, 1 regex; default: apps"), "{out}");
+        assert!(out.contains("        *.apps.example.com -> apps"), "{out}");
+        assert!(
+            out.contains(
+                "rancher (least_conn, 2 server(s) + 1 backup, max_fails=3, fail_timeout=5s)"
+            ),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn check_rejects_a_bad_config_with_file_line_col_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &GOOD.replace(
+            "\"*.apps.example.com\" = \"apps\"",
+            "\"*.apps.example.com\" = \"foo\"",
+        ),
+    );
+    let (code, out, err) = run_cli(&["--config", path.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        format!(
+            "sniroute: error: {}:8:24: route `*.apps.example.com` points to unknown upstream `foo`; defined upstreams: apps, rancher\n",
+            path.display()
+        )
+    );
+
+    let path = write_config(dir.path(), "[[listeners]\n");
+    let (code, _, err) = run_cli(&["--config", path.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with(&format!("sniroute: error: {}:1:", path.display())),
+        "{err}"
+    );
+
+    let (code, _, err) = run_cli(&["--config", "/nonexistent/sniroute.toml", "--check"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("sniroute: error: cannot read config file /nonexistent/sniroute.toml:"),
+        "{err}"
+    );
+}
+
+#[test]
+fn explain_shows_listener_route_pool_and_servers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), GOOD);
+    let p = path.to_str().unwrap();
+
+    let (code, out, _) = run_cli(&["--config", p, "--explain", "Rancher.Example.com:18443"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "name: rancher.example.com\n\n\
+         listener 127.0.0.1:18443, [::1]:18443 (tls)\n  \
+         route:   rancher.example.com\n  \
+         pool:    rancher (least_conn, 2 server(s) + 1 backup, max_fails=3, fail_timeout=5s)\n  \
+         server:  127.0.0.2:443 weight=1\n  \
+         server:  127.0.0.3:443 weight=2\n  \
+         server:  127.0.0.9:443 weight=1 backup\n"
+    );
+
+    let (_, out, _) = run_cli(&[
+        "--config",
+        p,
+        "--explain",
+        "argo-cd.example.com",
+        "--listener",
+        "127.0.0.1:18443",
+    ]);
+    assert!(
+        out.contains("route:   ~^argo-[a-z]+\\.example\\.com$\n  pool:    apps "),
+        "{out}"
+    );
+
+    let (_, out, _) = run_cli(&["--config", p, "--explain", "unknown.example.org:18080"]);
+    assert!(out.contains("listener 127.0.0.1:18080 (http)\n  no route and no default: the client gets a 421 Misdirected Request"), "{out}");
+
+    // Without a port: every listener.
+    let (_, out, _) = run_cli(&["--config", p, "--explain", "x.apps.example.com"]);
+    assert_eq!(out.matches("\nlistener ").count(), 2, "{out}");
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = run_cli(&["--version"]);
+    assert_eq!(
+        (code, out),
+        (0, format!("sniroute {}\n", env!("CARGO_PKG_VERSION")))
+    );
+    let (code, out, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+    for flag in [
+        "--config",
+        "--check",
+        "--explain",
+        "--listener",
+        "--version",
+    ] {
+        assert!(out.contains(flag), "{flag} missing from --help");
+    }
+}
+
+#[test]
+fn a_bind_that_fails_stops_start_up_with_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!("[[listeners]]\nbind = \"{addr}\"\nprotocol = \"tls\"\ndefault = \"p\"\n[upstreams.p]\nservers = [\"127.0.0.2:1\"]\n"),
+    );
+    let (code, _, err) = run_cli(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("sniroute: error: cannot bind {addr}: ")),
+        "{err}"
+    );
+    assert!(err.contains("(another process listens there)"), "{err}");
+}
+
+#[test]
+fn the_example_config_passes_check() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let (code, out, err) = run_cli(&["--config", example, "--check"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("127.0.0.1:8443"), "{out}");
+}
