@@ -330,3 +330,51 @@ async fn ipv6_listener_routes_too() {
     );
     proxy.wait_log("client=[::1]:");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_log_lines_parse_and_carry_every_field() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Tls).await;
+    let listen = free_addr("127.0.0.1");
+    let proxy = Sniroute::start(&format!(
+        "[log]\nformat = \"json\"\n[[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\n\
+         [listeners.routes]\n\"*.example.com\" = \"p\"\n[upstreams.p]\nservers = [\"{}\"]\n",
+        up.addr
+    ));
+    tls_request(listen, "j.example.com").await.unwrap();
+    let log = proxy.wait_log("\"target\":\"sniroute::access\"");
+    let line = log
+        .lines()
+        .find(|l| l.contains("sniroute::access"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["host"], "j.example.com");
+    assert_eq!(v["route"], "*.example.com");
+    assert_eq!(v["pool"], "p");
+    assert_eq!(v["server"], up.addr.to_string());
+    assert_eq!(v["listener"], listen.to_string());
+    assert_eq!(v["outcome"], "closed");
+    assert!(v["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(v["bytes_up"].as_u64().unwrap() > 200, "{line}");
+    assert!(v["bytes_down"].as_u64().unwrap() > 200, "{line}");
+    assert!(v["duration_ms"].is_u64(), "{line}");
+    // Every line on stderr is JSON, not just the access log.
+    for l in log.lines() {
+        serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_can_be_turned_off() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Tls).await;
+    let listen = free_addr("127.0.0.1");
+    let proxy = Sniroute::start(&format!(
+        "[log]\naccess_log = false\n[[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\ndefault = \"p\"\n\
+         [upstreams.p]\nservers = [\"{}\"]\n",
+        up.addr
+    ));
+    tls_request(listen, "j.example.com").await.unwrap();
+    // A later event that is logged proves the log is flushed up to here.
+    proxy.signal("TERM");
+    proxy.wait_log("shutting down");
+    assert!(proxy.access_lines().is_empty(), "{}", proxy.log());
+}

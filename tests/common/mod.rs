@@ -29,14 +29,16 @@ pub fn free_addr(ip: &str) -> SocketAddr {
     SocketAddr::new(ip.parse().unwrap(), free_port(ip))
 }
 
-/// Polls `f` until it returns `Some`, or panics with `what` after `DEADLINE`.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `f` every 20 ms until it returns `Some`, for at most `within`.
+pub fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        if start.elapsed() >= within {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -100,18 +102,10 @@ impl Sniroute {
 
     /// Waits until the log contains `needle`; returns the whole log.
     pub fn wait_log(&self, needle: &str) -> String {
-        let start = Instant::now();
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {needle:?} in log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(DEADLINE, || {
+            Some(self.log()).filter(|log| log.contains(needle))
+        })
+        .unwrap_or_else(|| panic!("no {needle:?} in log:\n{}", self.log()))
     }
 
     /// Access-log lines (text format) seen so far.
@@ -125,19 +119,10 @@ impl Sniroute {
 
     /// Waits for `n` access-log lines.
     pub fn wait_access(&self, n: usize) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let lines = self.access_lines();
-            if lines.len() >= n {
-                return lines;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "wanted {n} access lines, log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(DEADLINE, || {
+            Some(self.access_lines()).filter(|l| l.len() >= n)
+        })
+        .unwrap_or_else(|| panic!("wanted {n} access lines, log:\n{}", self.log()))
     }
 
     pub fn signal(&self, sig: &str) {
@@ -151,18 +136,13 @@ impl Sniroute {
 
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                start.elapsed() < within,
+        let child = &mut self.child;
+        poll(within, || child.try_wait().unwrap()).unwrap_or_else(|| {
+            panic!(
                 "sniroute did not exit within {within:?}; log:\n{}",
                 self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 
     /// CPU time (user + system) the process used so far, from /proc.
