@@ -44,8 +44,9 @@ pub fn summary(config: &Config, path: &str) -> String {
     out
 }
 
-/// The dry run of `--explain HOST[:PORT] [--listener BIND]`.
-pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> String {
+/// The dry run of `--explain HOST[:PORT] [--listener BIND]`; `None` when no
+/// listener has that port or bind address.
+pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Option<String> {
     let (name, port) = split_port(host);
     let parsed = HostName::parse(name.as_bytes());
     let mut out = String::new();
@@ -101,14 +102,7 @@ pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Str
             }
         }
     }
-    if matched == 0 {
-        let _ = writeln!(
-            out,
-            "\nno listener matches {}",
-            listener.map_or_else(|| format!("port {}", port.unwrap_or(0)), |l| l.to_string())
-        );
-    }
-    out
+    (matched > 0).then_some(out)
 }
 
 fn describe_pool(pool: &Pool) -> String {

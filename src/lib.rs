@@ -27,3 +27,4 @@ pub mod proxy;
 pub mod relay;
 pub mod route;
 pub mod server;
+pub mod shutdown;

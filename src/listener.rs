@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::proxy::{self, Endpoint};
+use crate::shutdown::{Phase, Shutdown};
 
 const BACKLOG: i32 = 4096;
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
@@ -39,8 +40,7 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 #[derive(Clone)]
 pub struct Shared {
     pub limiter: Arc<Semaphore>,
-    /// Flips to `true` once: stop accepting.
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: Shutdown,
     /// Held by every connection task; the server waits for all clones to drop.
     pub open: mpsc::Sender<()>,
 }
@@ -53,7 +53,7 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, mut shared: 
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = shared.shutdown.wait_for(|stop| *stop) => break,
+            () = shared.shutdown.reached(Phase::Draining) => break,
             accepted = listener.accept() => accepted,
         };
         let (stream, peer) = match accepted {
@@ -63,7 +63,10 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, mut shared: 
             }
             Err(e) => {
                 tracing::warn!(listener = %endpoint.bind, error = %e, "accept failed; pausing accept for {backoff:?}");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = shared.shutdown.reached(Phase::Draining) => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             }
@@ -80,8 +83,9 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, mut shared: 
         };
         let endpoint = endpoint.clone();
         let open = shared.open.clone();
+        let shutdown = shared.shutdown.clone();
         tokio::spawn(async move {
-            proxy::handle(stream, peer, endpoint).await;
+            proxy::handle(stream, peer, endpoint, shutdown).await;
             drop((permit, open));
         });
     }

@@ -49,7 +49,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(host) = &cli.explain {
-        print!("{}", explain::explain(&config, host, cli.listener));
+        let out = explain::explain(&config, host, cli.listener).with_context(|| {
+            format!(
+                "no listener in {} is bound to that port or address",
+                cli.config.display()
+            )
+        })?;
+        print!("{out}");
         return Ok(());
     }
     logging::init(&config.log);

@@ -16,19 +16,30 @@ pub const MAX_LEN: usize = 253;
 pub struct HostName(Box<str>);
 
 impl HostName {
-    /// Normalises and validates `raw`: ASCII letters, digits, `-`, `_`, `.`, and the
-    /// `[`, `]`, `:` of an IPv6 literal; at most [`MAX_LEN`] bytes. One trailing dot
-    /// is dropped (`example.com.` is `example.com`). Returns `None` for anything else.
+    /// Normalises and validates `raw`: a DNS-style name of ASCII letters, digits,
+    /// `-`, `_` and `.` (no empty label), or a bracketed IPv6 literal such as
+    /// `[2001:db8::1]` (what an HTTP `Host` carries); at most [`MAX_LEN`] bytes. One
+    /// trailing dot is dropped (`example.com.` is `example.com`). Returns `None` for
+    /// anything else.
     pub fn parse(raw: &[u8]) -> Option<HostName> {
         let raw = raw.strip_suffix(b".").unwrap_or(raw);
         if raw.is_empty() || raw.len() > MAX_LEN {
             return None;
         }
-        let ok = raw.iter().all(|&b| {
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'[' | b']' | b':')
-        });
-        if !ok || raw.starts_with(b".") || raw.ends_with(b".") || raw.windows(2).any(|w| w == b"..")
-        {
+        let ok = match raw.strip_prefix(b"[").and_then(|r| r.strip_suffix(b"]")) {
+            Some(v6) => {
+                !v6.is_empty()
+                    && v6
+                        .iter()
+                        .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+            }
+            None => {
+                raw.iter()
+                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                    && raw.split(|&b| b == b'.').all(|label| !label.is_empty())
+            }
+        };
+        if !ok {
             return None;
         }
         // Validated ASCII above, so this conversion cannot fail.

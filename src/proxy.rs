@@ -15,6 +15,7 @@ use crate::connect::connect;
 use crate::logging::AccessLog;
 use crate::peek::{self, http, tls, Protocol};
 use crate::relay::relay;
+use crate::shutdown::{Phase, Shutdown};
 
 /// Which listener a connection came in on.
 #[derive(Debug, Clone)]
@@ -26,7 +27,12 @@ pub struct Endpoint {
     pub bind: SocketAddr,
 }
 
-pub async fn handle(mut client: TcpStream, peer: SocketAddr, endpoint: Endpoint) {
+pub async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+    mut shutdown: Shutdown,
+) {
     let started = Instant::now();
     let config = &*endpoint.config;
     let listener = &config.listeners[endpoint.listener];
@@ -87,7 +93,14 @@ pub async fn handle(mut client: TcpStream, peer: SocketAddr, endpoint: Endpoint)
         log.reason = format!("replaying the peeked bytes: {e}");
         return log.emit(started.elapsed());
     }
-    let totals = relay(&mut client, &mut upstream.stream, config.timeouts.idle).await;
+    let closing = shutdown.reached(Phase::Closing);
+    let totals = relay(
+        &mut client,
+        &mut upstream.stream,
+        config.timeouts.idle,
+        closing,
+    )
+    .await;
     log.bytes_up = peeked.bytes.len() as u64 + totals.up;
     log.bytes_down = totals.down;
     log.outcome = totals.end.as_str();

@@ -27,6 +27,8 @@ pub enum End {
     ClientError,
     /// A read or write failed on the upstream side.
     UpstreamError,
+    /// Cut at the end of the shutdown drain.
+    Shutdown,
 }
 
 impl End {
@@ -36,6 +38,7 @@ impl End {
             End::Idle => "idle_timeout",
             End::ClientError => "client_error",
             End::UpstreamError => "upstream_error",
+            End::Shutdown => "shutdown",
         }
     }
 }
@@ -51,8 +54,13 @@ pub struct Totals {
 }
 
 /// Relays between `client` and `upstream` until both directions are closed, an
-/// error occurs, or nothing moves for `idle`.
-pub async fn relay(client: &mut TcpStream, upstream: &mut TcpStream, idle: Duration) -> Totals {
+/// error occurs, nothing moves for `idle`, or `stop` resolves.
+pub async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> Totals {
     let start = Instant::now();
     let last_activity = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -95,6 +103,7 @@ pub async fn relay(client: &mut TcpStream, upstream: &mut TcpStream, idle: Durat
             Err(Side::Upstream) => End::UpstreamError,
         },
         () = watchdog => End::Idle,
+        () = stop => End::Shutdown,
     };
     Totals {
         up: up.load(Ordering::Relaxed),

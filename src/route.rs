@@ -83,7 +83,7 @@ impl<T> RouterBuilder<T> {
             None => (&mut self.exact, pattern),
         };
         let name = HostName::parse(name.as_bytes())
-            .filter(|n| !n.as_str().contains(['[', ']', ':']))
+            .filter(|n| !n.as_str().starts_with('['))
             .ok_or_else(|| PatternError::InvalidName(pattern.to_owned()))?;
         match map.entry(name.as_str().into()) {
             std::collections::hash_map::Entry::Occupied(_) => {

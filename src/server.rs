@@ -7,19 +7,20 @@
 use std::sync::Arc;
 
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
 use crate::listener::{self, Shared};
 use crate::proxy::Endpoint;
+use crate::shutdown::{self, Phase};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot bind {addr}: {source}{hint}")]
+    #[error("cannot bind {addr}: {error}{hint}")]
     Bind {
         addr: std::net::SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
         hint: &'static str,
     },
     #[error("cannot install signal handlers: {0}")]
@@ -30,22 +31,24 @@ pub enum ServerError {
 pub async fn run(config: Config) -> Result<(), ServerError> {
     let config = Arc::new(config);
     let mut signals = Signals::new().map_err(ServerError::Signals)?;
+    // Handled, never the default action (which would kill the process).
+    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
 
     // Bind everything before accepting anything: a config that cannot be served
     // whole is not served at all.
     let mut bound = Vec::new();
     for (index, l) in config.listeners.iter().enumerate() {
         for &addr in &l.binds {
-            let socket = listener::bind(addr).map_err(|source| ServerError::Bind {
+            let socket = listener::bind(addr).map_err(|error| ServerError::Bind {
                 addr,
-                hint: match source.kind() {
+                hint: match error.kind() {
                     std::io::ErrorKind::PermissionDenied => {
                         " (ports below 1024 need CAP_NET_BIND_SERVICE)"
                     }
                     std::io::ErrorKind::AddrInUse => " (another process listens there)",
                     _ => "",
                 },
-                source,
+                error,
             })?;
             tracing::info!(listener = %addr, protocol = l.protocol.as_str(), "listening");
             bound.push((
@@ -61,11 +64,11 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
 
     let max = config.limits.max_connections;
     let limiter = Arc::new(Semaphore::new(max));
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (phase, shutdown) = shutdown::channel();
     let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
     let shared = Shared {
         limiter: Arc::clone(&limiter),
-        shutdown: stop_rx,
+        shutdown,
         open: open_tx,
     };
     for (socket, endpoint) in bound {
@@ -74,7 +77,14 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
     drop(shared);
     tracing::info!("sniroute {} ready", env!("CARGO_PKG_VERSION"));
 
-    let name = signals.recv().await;
+    let name = loop {
+        tokio::select! {
+            name = signals.stop() => break name,
+            _ = hup.recv() => tracing::warn!(
+                "SIGHUP: live reload is not available in this version; restart sniroute to apply a new config"
+            ),
+        }
+    };
     let open = max - limiter.available_permits();
     tracing::info!(
         signal = name,
@@ -82,19 +92,30 @@ pub async fn run(config: Config) -> Result<(), ServerError> {
         "shutting down: no new connections; draining for up to {:?}",
         config.timeouts.shutdown
     );
-    let _ = stop_tx.send(true);
+    let _ = phase.send(Phase::Draining);
 
     tokio::select! {
-        _ = open_rx.recv() => tracing::info!("all connections closed; exiting"),
+        _ = open_rx.recv() => {
+            tracing::info!("all connections closed; exiting");
+            return Ok(());
+        }
         () = tokio::time::sleep(config.timeouts.shutdown) => {
             let open = max - limiter.available_permits();
             tracing::warn!(open, "timeouts.shutdown passed; closing the remaining connections");
         }
-        name = signals.recv() => tracing::warn!(signal = name, "second signal; exiting now"),
+        name = signals.stop() => {
+            tracing::warn!(signal = name, "second signal; exiting now");
+            return Ok(());
+        }
     }
+    // Cut connections still write their access-log lines; give them a moment.
+    let _ = phase.send(Phase::Closing);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), open_rx.recv()).await;
     Ok(())
 }
 
+/// SIGTERM and SIGINT. Installing a handler replaces the default action, so a
+/// second signal cannot kill the process mid-drain unhandled.
 struct Signals {
     term: Signal,
     int: Signal,
@@ -108,7 +129,8 @@ impl Signals {
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    /// The next SIGTERM or SIGINT.
+    async fn stop(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",

@@ -200,6 +200,11 @@ async fn sigterm_stops_accepting_and_drains_open_connections() {
     let mut buf = vec![0; CURL_HELLO.len()];
     c.read_exact(&mut buf).await.unwrap();
 
+    // SIGHUP is handled (not the default action, which would kill the process).
+    proxy.signal("HUP");
+    proxy.wait_log("SIGHUP");
+    assert!(proxy.child.try_wait().unwrap().is_none(), "SIGHUP killed sniroute");
+
     proxy.signal("TERM");
     proxy.wait_log("stopped accepting");
     assert!(
@@ -232,7 +237,10 @@ async fn drain_ends_at_timeouts_shutdown_and_a_second_signal_exits_at_once() {
     eventually("upstream connection", || up.open() == 1).await;
     proxy.signal("INT");
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
-    assert!(proxy.log().contains("timeouts.shutdown passed"));
+    let log = proxy.log();
+    assert!(log.contains("timeouts.shutdown passed"), "{log}");
+    // The cut connection still has its access-log line.
+    assert!(log.contains("outcome=shutdown"), "{log}");
     assert_eq!(read_all(&mut c).await, b"");
 
     let listen = free_addr("127.0.0.1");

@@ -8,7 +8,7 @@
 
 mod raw;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -70,10 +70,10 @@ pub struct Listener {
 /// Why a config cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}:{line}:{col}: {message}")]
     At {
@@ -88,9 +88,9 @@ pub enum ConfigError {
 
 /// Reads, parses and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     parse(&text, path)
 }
@@ -209,7 +209,7 @@ impl Ctx<'_> {
                     .into(),
             ));
         }
-        let mut seen_binds = HashSet::new();
+        let mut seen_binds: Vec<SocketAddr> = Vec::new();
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         for listener in &raw.listeners {
             let raw_l = listener.get_ref();
@@ -230,9 +230,13 @@ impl Ctx<'_> {
                 let addr: SocketAddr = bind.get_ref().parse().map_err(|_| {
                     self.at(span.clone(), format!("bind `{}` is not an IP:port address (e.g. \"0.0.0.0:443\", \"[::]:443\")", bind.get_ref()))
                 })?;
-                if !seen_binds.insert(addr) {
+                if seen_binds.contains(&addr) {
                     return Err(self.at(span, format!("bind `{addr}` is used twice; each address may be bound by one listener only")));
                 }
+                if let Some(other) = seen_binds.iter().find(|other| binds_overlap(addr, **other)) {
+                    return Err(self.at(span, format!("bind `{addr}` overlaps `{other}`: a wildcard address takes its port on every address of its family; keep one of them")));
+                }
+                seen_binds.push(addr);
                 binds.push(addr);
             }
             let mut router = RouterBuilder::default();
@@ -397,6 +401,15 @@ impl Ctx<'_> {
         }
         Ok(addrs)
     }
+}
+
+/// Whether binding both would fail with "address in use": same port and family,
+/// one of them the wildcard address. (IPv6 sockets are bound `IPV6_V6ONLY`, so
+/// `[::]:443` and `0.0.0.0:443` coexist.)
+fn binds_overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 #[cfg(test)]

@@ -188,6 +188,10 @@ fn bad_listeners_and_servers_are_explained() {
             "t.toml:3:27: bind `127.0.0.1:8443` is used twice",
         ),
         (
+            MINIMAL.replace("\"[::1]:8443\"", "\"0.0.0.0:8443\""),
+            "t.toml:3:27: bind `0.0.0.0:8443` overlaps `127.0.0.1:8443`",
+        ),
+        (
             MINIMAL.replace("\"[::1]:8443\"", "\"localhost:8443\""),
             "t.toml:3:27: bind `localhost:8443` is not an IP:port address",
         ),

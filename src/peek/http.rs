@@ -33,9 +33,15 @@ pub fn parse(buf: &[u8]) -> Result<Parse, PeekError> {
                     "request head: more than one Host header",
                 ));
             }
-            Ok(Parse::Complete(host.and_then(|h| {
-                HostName::parse(strip_port(h.value.trim_ascii()))
-            })))
+            // RFC 9112 3.2.2: with an absolute-form target the server ignores
+            // `Host` and uses the target's authority, so we must route on it too.
+            let authority = match request.path.and_then(absolute_form_authority) {
+                Some(authority) => Some(authority),
+                None => host.map(|h| h.value.trim_ascii()),
+            };
+            Ok(Parse::Complete(
+                authority.and_then(|a| HostName::parse(strip_port(a))),
+            ))
         }
         Err(httparse::Error::TooManyHeaders) => Err(PeekError::TooLarge),
         Err(httparse::Error::Version) => Err(PeekError::NotHttp("not an HTTP/1.x request line")),
@@ -44,6 +50,23 @@ pub fn parse(buf: &[u8]) -> Result<Parse, PeekError> {
         }
         Err(_) => Err(PeekError::Malformed("request head")),
     }
+}
+
+/// `http://user@host:port/path` → `host:port`; `None` unless absolute-form.
+fn absolute_form_authority(target: &str) -> Option<&[u8]> {
+    let scheme_end = target.find("://")?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    Some(
+        authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host)
+            .as_bytes(),
+    )
 }
 
 /// `host:port` → `host`; `[v6]:port` → `[v6]`; anything without a numeric port as is.
@@ -117,6 +140,25 @@ mod tests {
         let mut with_body = head.to_vec();
         with_body.extend_from_slice(b"hello");
         assert_eq!(host(&with_body).as_deref(), Some("a.example.com"));
+    }
+
+    #[test]
+    fn absolute_form_target_wins_over_host() {
+        let head = b"GET http://User@Target.example.com:8080/p?q HTTP/1.1\r\nHost: other.example.com\r\n\r\n";
+        assert_eq!(host(head).as_deref(), Some("target.example.com"));
+        assert_eq!(
+            host(b"GET HTTPS://t.example.com HTTP/1.1\r\n\r\n").as_deref(),
+            Some("t.example.com")
+        );
+        // Origin-form and other schemes leave Host in charge.
+        assert_eq!(
+            host(b"GET /http://x/ HTTP/1.1\r\nHost: h.example.com\r\n\r\n").as_deref(),
+            Some("h.example.com")
+        );
+        assert_eq!(
+            host(b"GET ftp://x/ HTTP/1.1\r\nHost: h.example.com\r\n\r\n").as_deref(),
+            Some("h.example.com")
+        );
     }
 
     #[test]

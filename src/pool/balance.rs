@@ -1,15 +1,21 @@
 //! Choosing one server among the candidates the pool offers.
 //!
-//! Pure functions over a candidate list and a cursor that the pool advances on
-//! every pick; health and backup tiers are the pool's business, not this module's.
+//! Both algorithms end in nginx's smooth weighted round-robin: every candidate's
+//! running score grows by its weight, the highest score wins and pays back the
+//! total. Over `sum(weights)` picks each server gets exactly `weight` of them,
+//! interleaved (weights 5,1,1 give `a a b a c a a`), and it works on any subset of
+//! the pool, which is what health filtering and retries hand us. least_conn first
+//! narrows the candidates to those with the fewest active connections per unit of
+//! weight, then breaks the tie the same way, as nginx does. Health and backup
+//! tiers are the pool's business, not this module's.
 
 /// The `balance` setting of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
-    /// Fewest active connections relative to weight; ties broken round-robin.
+    /// Fewest active connections relative to weight; ties by weighted round-robin.
     #[default]
     LeastConn,
-    /// Weighted round-robin: over `sum(weights)` picks each server gets `weight`.
+    /// Smooth weighted round-robin.
     RoundRobin,
 }
 
@@ -30,43 +36,43 @@ pub struct Candidate {
     pub weight: u32,
 }
 
-/// Picks one candidate's `index`, or `None` when there are none.
-pub fn pick(balance: Balance, candidates: &[Candidate], cursor: usize) -> Option<usize> {
-    if candidates.is_empty() {
-        return None;
+/// Picks one candidate's `index`, or `None` when there are none. `scores` holds the
+/// round-robin state of the whole pool, indexed like the pool's servers.
+pub fn pick(
+    balance: Balance,
+    candidates: &mut Vec<Candidate>,
+    scores: &mut [i64],
+) -> Option<usize> {
+    if balance == Balance::LeastConn {
+        let least =
+            candidates
+                .iter()
+                .copied()
+                .reduce(|best, c| if load_below(c, best) { c } else { best })?;
+        candidates.retain(|c| !load_below(least, *c));
     }
-    match balance {
-        Balance::LeastConn => least_conn(candidates, cursor),
-        Balance::RoundRobin => round_robin(candidates, cursor),
-    }
+    smooth_round_robin(candidates, scores)
 }
 
-fn least_conn(candidates: &[Candidate], cursor: usize) -> Option<usize> {
-    let n = candidates.len();
-    // Scanning from a rotating start makes the first of several equal loads rotate.
-    let mut best = candidates[cursor % n];
-    for offset in 1..n {
-        let c = candidates[(cursor + offset) % n];
-        // c.active / c.weight < best.active / best.weight, without division.
-        if u128::from(c.active) * u128::from(best.weight)
-            < u128::from(best.active) * u128::from(c.weight)
-        {
-            best = c;
-        }
-    }
-    Some(best.index)
+/// `a.active / a.weight < b.active / b.weight`, without division.
+fn load_below(a: Candidate, b: Candidate) -> bool {
+    u128::from(a.active) * u128::from(b.weight) < u128::from(b.active) * u128::from(a.weight)
 }
 
-fn round_robin(candidates: &[Candidate], cursor: usize) -> Option<usize> {
-    let total: u64 = candidates.iter().map(|c| u64::from(c.weight)).sum();
-    let mut slot = (cursor as u64) % total.max(1);
+fn smooth_round_robin(candidates: &[Candidate], scores: &mut [i64]) -> Option<usize> {
+    let mut total = 0i64;
+    let mut best: Option<usize> = None;
     for c in candidates {
-        if slot < u64::from(c.weight) {
-            return Some(c.index);
+        let weight = i64::from(c.weight);
+        total += weight;
+        scores[c.index] += weight;
+        if best.is_none_or(|b| scores[c.index] > scores[b]) {
+            best = Some(c.index);
         }
-        slot -= u64::from(c.weight);
     }
-    candidates.last().map(|c| c.index)
+    let best = best?;
+    scores[best] -= total;
+    Some(best)
 }
 
 #[cfg(test)]
@@ -85,64 +91,101 @@ mod tests {
             .collect()
     }
 
+    fn picks(balance: Balance, loads: &[(u64, u32)], n: usize) -> Vec<usize> {
+        let mut scores = vec![0; loads.len()];
+        (0..n)
+            .map(|_| pick(balance, &mut cands(loads), &mut scores).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn round_robin_is_smooth_and_weighted_like_nginx() {
+        assert_eq!(
+            picks(Balance::RoundRobin, &[(0, 5), (0, 1), (0, 1)], 7),
+            [0, 0, 1, 0, 2, 0, 0]
+        );
+        assert_eq!(
+            picks(Balance::RoundRobin, &[(0, 1), (0, 1), (0, 1)], 6),
+            [0, 1, 2, 0, 1, 2]
+        );
+        let mut count = [0; 2];
+        for i in picks(Balance::RoundRobin, &[(0, 1), (0, 3)], 400) {
+            count[i] += 1;
+        }
+        assert_eq!(count, [100, 300]);
+    }
+
     #[test]
     fn least_conn_picks_fewest_active() {
-        let c = cands(&[(3, 1), (1, 1), (2, 1)]);
-        for cursor in 0..5 {
-            assert_eq!(pick(Balance::LeastConn, &c, cursor), Some(1));
-        }
+        assert_eq!(
+            picks(Balance::LeastConn, &[(3, 1), (1, 1), (2, 1)], 5),
+            [1; 5]
+        );
     }
 
     #[test]
     fn least_conn_is_relative_to_weight() {
         // 4 active at weight 2 is 2 per unit of weight: less than 3 at weight 1.
-        let c = cands(&[(3, 1), (4, 2)]);
-        assert_eq!(pick(Balance::LeastConn, &c, 0), Some(1));
-        // 4/2 equals 2/1: a tie, broken by the cursor.
-        let c = cands(&[(2, 1), (4, 2)]);
-        assert_eq!(pick(Balance::LeastConn, &c, 0), Some(0));
-        assert_eq!(pick(Balance::LeastConn, &c, 1), Some(1));
+        assert_eq!(picks(Balance::LeastConn, &[(3, 1), (4, 2)], 1), [1]);
     }
 
     #[test]
-    fn least_conn_ties_rotate_round_robin() {
-        let c = cands(&[(0, 1), (0, 1), (0, 1)]);
-        let picks: Vec<_> = (0..6)
-            .map(|cursor| pick(Balance::LeastConn, &c, cursor).unwrap())
-            .collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+    fn least_conn_ties_follow_weights() {
+        // Short connections: every server at 0 active, so weights decide.
+        let mut count = [0; 3];
+        for i in picks(Balance::LeastConn, &[(0, 1), (0, 2), (0, 1)], 400) {
+            count[i] += 1;
+        }
+        assert_eq!(count, [100, 200, 100]);
+        // 4/2 equals 2/1: a tie, shared by weight.
+        assert_eq!(picks(Balance::LeastConn, &[(2, 1), (4, 2)], 3), [1, 0, 1]);
     }
 
     #[test]
     fn simulated_least_conn_spreads_held_connections_by_weight() {
         let weights = [1u32, 2, 1];
         let mut active = [0u64; 3];
-        for cursor in 0..40 {
-            let c: Vec<_> = (0..3)
+        let mut scores = [0i64; 3];
+        for _ in 0..40 {
+            let mut c: Vec<_> = (0..3)
                 .map(|i| Candidate {
                     index: i,
                     active: active[i],
                     weight: weights[i],
                 })
                 .collect();
-            active[pick(Balance::LeastConn, &c, cursor).unwrap()] += 1;
+            active[pick(Balance::LeastConn, &mut c, &mut scores).unwrap()] += 1;
         }
         assert_eq!(active, [10, 20, 10]);
     }
 
     #[test]
-    fn round_robin_follows_weights() {
-        let c = cands(&[(0, 1), (0, 3)]);
-        let mut count = [0; 2];
-        for cursor in 0..400 {
-            count[pick(Balance::RoundRobin, &c, cursor).unwrap()] += 1;
-        }
-        assert_eq!(count, [100, 300]);
+    fn a_subset_keeps_its_proportions() {
+        // Server 1 (weight 2) is down: the others still alternate 1:1.
+        let mut scores = vec![0; 3];
+        let got: Vec<_> = (0..4)
+            .map(|_| {
+                let mut c = vec![
+                    Candidate {
+                        index: 0,
+                        active: 0,
+                        weight: 1,
+                    },
+                    Candidate {
+                        index: 2,
+                        active: 0,
+                        weight: 1,
+                    },
+                ];
+                pick(Balance::RoundRobin, &mut c, &mut scores).unwrap()
+            })
+            .collect();
+        assert_eq!(got, [0, 2, 0, 2]);
     }
 
     #[test]
     fn no_candidates_no_pick() {
-        assert_eq!(pick(Balance::LeastConn, &[], 0), None);
-        assert_eq!(pick(Balance::RoundRobin, &[], 0), None);
+        assert_eq!(pick(Balance::LeastConn, &mut Vec::new(), &mut []), None);
+        assert_eq!(pick(Balance::RoundRobin, &mut Vec::new(), &mut []), None);
     }
 }

@@ -29,7 +29,10 @@ impl Default for HealthPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     StillUp,
+    /// Was up, is down now: worth one log line.
     MarkedDown,
+    /// Was down already (tried because nothing better was left); down longer now.
+    StillDown,
 }
 
 /// One server's failure window.
@@ -50,6 +53,7 @@ impl Health {
         if policy.max_fails == 0 {
             return Transition::StillUp;
         }
+        let was_up = self.is_up(now);
         let window_over = self
             .last_fail
             .is_none_or(|t| now.saturating_duration_since(t) > policy.fail_timeout);
@@ -61,7 +65,11 @@ impl Health {
         self.last_fail = Some(now);
         if self.fails >= policy.max_fails {
             self.down_until = Some(now + policy.fail_timeout);
-            Transition::MarkedDown
+            if was_up {
+                Transition::MarkedDown
+            } else {
+                Transition::StillDown
+            }
         } else {
             Transition::StillUp
         }
@@ -131,6 +139,21 @@ mod tests {
         );
         assert!(!h.is_up(at(t0, 10_999)));
         assert!(h.is_up(at(t0, 11_000)));
+    }
+
+    #[test]
+    fn failing_while_down_keeps_it_down_without_a_new_transition() {
+        let t0 = Instant::now();
+        let mut h = Health::default();
+        for i in 0..3 {
+            h.record_failure(POLICY, at(t0, i));
+        }
+        assert_eq!(
+            h.record_failure(POLICY, at(t0, 4000)),
+            Transition::StillDown
+        );
+        assert!(!h.is_up(at(t0, 8999)));
+        assert!(h.is_up(at(t0, 9000)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod balance;
 pub mod health;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -70,7 +70,9 @@ pub struct Pool {
     pub balance: Balance,
     pub health: HealthPolicy,
     pub servers: Vec<Server>,
-    cursor: AtomicUsize,
+    /// Smooth weighted round-robin scores, one per server. Locked only for the
+    /// few additions of one pick, never across an await.
+    scores: Mutex<Vec<i64>>,
 }
 
 /// Holds one active-connection slot on a server; released on drop.
@@ -98,12 +100,13 @@ impl Pool {
         health: HealthPolicy,
         servers: Vec<Server>,
     ) -> Pool {
+        let scores = Mutex::new(vec![0; servers.len()]);
         Pool {
             name,
             balance,
             health,
             servers,
-            cursor: AtomicUsize::new(0),
+            scores,
         }
     }
 
@@ -138,8 +141,14 @@ impl Pool {
                         weight: s.weight,
                     }),
             );
-            let cursor = self.cursor.fetch_add(1, Ordering::Relaxed);
-            if let Some(index) = balance::pick(self.balance, &candidates, cursor) {
+            if candidates.is_empty() {
+                continue;
+            }
+            let picked = {
+                let mut scores = self.scores.lock().unwrap_or_else(PoisonError::into_inner);
+                balance::pick(self.balance, &mut candidates, &mut scores)
+            };
+            if let Some(index) = picked {
                 attempts.tried[index] = true;
                 let server = &self.servers[index];
                 server.state.active.fetch_add(1, Ordering::Relaxed);
