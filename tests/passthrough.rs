@@ -203,7 +203,10 @@ async fn sigterm_stops_accepting_and_drains_open_connections() {
     // SIGHUP is handled (not the default action, which would kill the process).
     proxy.signal("HUP");
     proxy.wait_log("SIGHUP");
-    assert!(proxy.child.try_wait().unwrap().is_none(), "SIGHUP killed sniroute");
+    assert!(
+        proxy.child.try_wait().unwrap().is_none(),
+        "SIGHUP killed sniroute"
+    );
 
     proxy.signal("TERM");
     proxy.wait_log("stopped accepting");
