@@ -12,8 +12,8 @@
 //! 6. [`relay`] replays the peeked bytes and copies both ways until both close.
 //!
 //! [`proxy`] strings these together for one connection; [`server`] runs the
-//! listeners and the shutdown; [`config`] turns the TOML into the immutable
-//! tables all of this reads.
+//! listeners, [`reload`] and the shutdown; [`config`] turns the TOML into the
+//! immutable tables all of this reads.
 
 pub mod config;
 pub mod connect;
@@ -25,6 +25,8 @@ pub mod peek;
 pub mod pool;
 pub mod proxy;
 pub mod relay;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod systemd;

@@ -1,20 +1,29 @@
-//! Binding sockets and the accept loop.
+//! Listening sockets, the accept loop, and the connection limit.
 //!
-//! A [`Semaphore`] bounds open client connections across all listeners: each
-//! connection task owns a permit and gives it back on drop. Past the limit a new
-//! connection is closed at once. A failing `accept()` (typically EMFILE: out of
-//! file descriptors) backs off exponentially, from 5 ms to 1 s, instead of
-//! spinning; connections already queued in the backlog wait there meanwhile.
+//! [`Listeners`] owns one accept task per bind address and can add and remove them
+//! while others keep running, which is what a reload needs: an address present
+//! before and after is never closed. Each accepted connection reads the current
+//! config once ([`Shared::config`]) and keeps that snapshot to its end.
+//!
+//! [`Connections`] counts open client connections against `max_connections` with
+//! a [`Slot`] held by each connection task and released on drop. Past the limit a
+//! new connection is closed at once. A failing `accept()` (typically EMFILE) backs
+//! off exponentially, from 5 ms to 1 s, instead of spinning.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 
+use crate::config::Config;
 use crate::proxy::{self, Endpoint};
 use crate::shutdown::{Phase, Shutdown};
 
@@ -22,31 +31,153 @@ const BACKLOG: i32 = 4096;
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// A bind address that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind {addr}: {error}{}", hint(.error))]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub error: io::Error,
+}
+
+fn hint(error: &io::Error) -> &'static str {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => " (ports below 1024 need CAP_NET_BIND_SERVICE)",
+        io::ErrorKind::AddrInUse => " (another process listens there)",
+        _ => "",
+    }
+}
+
 /// Binds `addr` for listening: `SO_REUSEADDR` so a restart does not wait for
 /// TIME_WAIT, and `IPV6_V6ONLY` so `[::]:443` and `0.0.0.0:443` can both be bound.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
+    let bind = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        TcpListener::from_std(socket.into())
+    };
+    bind().map_err(|error| BindError { addr, error })
+}
+
+/// Open client connections, across all listeners.
+#[derive(Debug, Default)]
+pub struct Connections {
+    open: AtomicUsize,
+    none_open: Notify,
+}
+
+/// One open connection's place in [`Connections`]; given back on drop.
+#[derive(Debug)]
+pub struct Slot(Arc<Connections>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_open.notify_waiters();
+        }
     }
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+}
+
+impl Connections {
+    /// A slot if fewer than `max` connections are open.
+    pub fn try_open(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(self)))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.none_open.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// What every accept loop shares.
 #[derive(Clone)]
 pub struct Shared {
-    pub limiter: Arc<Semaphore>,
+    /// The current config; replaced whole by a reload.
+    pub config: Arc<ArcSwap<Config>>,
+    pub connections: Arc<Connections>,
     pub shutdown: Shutdown,
-    /// Held by every connection task; the server waits for all clones to drop.
-    pub open: mpsc::Sender<()>,
+}
+
+/// The running accept loops, one per bind address.
+pub struct Listeners {
+    running: HashMap<SocketAddr, JoinHandle<()>>,
+    shared: Shared,
+}
+
+impl Listeners {
+    pub fn new(shared: Shared) -> Listeners {
+        Listeners {
+            running: HashMap::new(),
+            shared,
+        }
+    }
+
+    /// Binds every address of `config` that is not running yet, without starting
+    /// anything. On error the sockets bound so far are closed again.
+    pub fn bind_missing(
+        &self,
+        config: &Config,
+    ) -> Result<Vec<(SocketAddr, TcpListener)>, BindError> {
+        config
+            .binds()
+            .filter(|addr| !self.running.contains_key(addr))
+            .map(|addr| bind(addr).map(|socket| (addr, socket)))
+            .collect()
+    }
+
+    /// Starts accepting on sockets from [`Listeners::bind_missing`].
+    pub fn start(&mut self, bound: Vec<(SocketAddr, TcpListener)>) {
+        for (addr, socket) in bound {
+            tracing::info!(listener = %addr, "listening");
+            let task = tokio::spawn(accept_loop(socket, addr, self.shared.clone()));
+            self.running.insert(addr, task);
+        }
+    }
+
+    /// Stops accepting on every address `config` no longer has; connections
+    /// already accepted there run on. Returns the addresses closed.
+    pub fn stop_removed(&mut self, config: &Config) -> Vec<SocketAddr> {
+        let keep: Vec<SocketAddr> = config.binds().collect();
+        let removed: Vec<SocketAddr> = self
+            .running
+            .keys()
+            .filter(|a| !keep.contains(a))
+            .copied()
+            .collect();
+        for addr in &removed {
+            if let Some(task) = self.running.remove(addr) {
+                // The task owns the socket: aborting it closes the socket.
+                task.abort();
+                tracing::info!(listener = %addr, "stopped listening (removed from the config)");
+            }
+        }
+        removed
+    }
 }
 
 /// Accepts on `listener` until shutdown, spawning one task per connection.
-pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, mut shared: Shared) {
+async fn accept_loop(listener: TcpListener, bind: SocketAddr, mut shared: Shared) {
     let mut backoff = FIRST_BACKOFF;
     let mut refused = 0u64;
     let mut last_refusal_log: Option<Instant> = None;
@@ -62,7 +193,7 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, mut shared: 
                 conn
             }
             Err(e) => {
-                tracing::warn!(listener = %endpoint.bind, error = %e, "accept failed; pausing accept for {backoff:?}");
+                tracing::warn!(listener = %bind, error = %e, "accept failed; pausing accept for {backoff:?}");
                 tokio::select! {
                     () = shared.shutdown.reached(Phase::Draining) => break,
                     () = tokio::time::sleep(backoff) => {}
@@ -71,23 +202,32 @@ pub async fn accept_loop(listener: TcpListener, endpoint: Endpoint, mut shared: 
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&shared.limiter).try_acquire_owned() else {
+        // One snapshot per connection: it sees one config from start to end.
+        let config = shared.config.load_full();
+        let Some(listener_index) = config.listener_for(bind) else {
+            // Removed by a reload a moment ago; its accept loop is being stopped.
+            continue;
+        };
+        let Some(slot) = shared.connections.try_open(config.limits.max_connections) else {
             drop(stream);
             refused += 1;
             if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                tracing::warn!(listener = %endpoint.bind, refused, "max_connections reached; closing new connections");
+                tracing::warn!(listener = %bind, refused, "max_connections reached; closing new connections");
                 last_refusal_log = Some(Instant::now());
                 refused = 0;
             }
             continue;
         };
-        let endpoint = endpoint.clone();
-        let open = shared.open.clone();
+        let endpoint = Endpoint {
+            config,
+            listener: listener_index,
+            bind,
+        };
         let shutdown = shared.shutdown.clone();
         tokio::spawn(async move {
             proxy::handle(stream, peer, endpoint, shutdown).await;
-            drop((permit, open));
+            drop(slot);
         });
     }
-    tracing::info!(listener = %endpoint.bind, "stopped accepting");
+    tracing::info!(listener = %bind, "stopped accepting");
 }

@@ -26,6 +26,9 @@ struct Cli {
     /// With --explain: only the listener bound to this address.
     #[arg(long, value_name = "BIND", requires = "explain")]
     listener: Option<std::net::SocketAddr>,
+    /// Do not reload when the config file changes (SIGHUP still reloads).
+    #[arg(long)]
+    no_watch: bool,
 }
 
 fn main() -> ExitCode {
@@ -40,7 +43,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = config::load(&cli.config)?;
+    let text = config::read(&cli.config)?;
+    let config = config::parse(&text, &cli.config)?;
     if cli.check {
         print!(
             "{}",
@@ -63,7 +67,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(server::run(config))?;
+    let options = server::Options {
+        path: cli.config,
+        text,
+        watch: !cli.no_watch,
+    };
+    runtime.block_on(server::run(config, options))?;
     // Connections still open after the drain are cut here, not awaited.
     runtime.shutdown_background();
     Ok(())

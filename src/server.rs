@@ -1,122 +1,122 @@
-//! Running a config: bind every listener, accept until a signal, drain, exit.
+//! Running sniroute: bind every listener, serve, reload on demand, drain, exit.
 //!
+//! SIGHUP and changes of the config file reload it (see [`crate::reload`]).
 //! SIGTERM or SIGINT stops every accept loop (their sockets close, so new
 //! connections are refused by the kernel), then open connections get up to
 //! `timeouts.shutdown` to finish. A second signal during the drain exits at once.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::{mpsc, Semaphore};
 
 use crate::config::Config;
-use crate::listener::{self, Shared};
-use crate::proxy::Endpoint;
+use crate::listener::{BindError, Connections, Listeners, Shared};
+use crate::reload::{Reloader, Trigger, Watcher};
 use crate::shutdown::{self, Phase};
+use crate::systemd;
+
+/// How to run.
+#[derive(Debug)]
+pub struct Options {
+    /// The config file, for reloads.
+    pub path: PathBuf,
+    /// Its text as loaded at start, so an unchanged file is not reloaded.
+    pub text: String,
+    /// Reload when the file changes (`--no-watch` turns this off).
+    pub watch: bool,
+}
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot bind {addr}: {error}{hint}")]
-    Bind {
-        addr: std::net::SocketAddr,
-        error: std::io::Error,
-        hint: &'static str,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
 
 /// Serves `config` until SIGTERM/SIGINT and the drain that follows.
-pub async fn run(config: Config) -> Result<(), ServerError> {
-    let config = Arc::new(config);
+pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
     let mut signals = Signals::new().map_err(ServerError::Signals)?;
-    // Handled, never the default action (which would kill the process).
-    let mut hup = signal(SignalKind::hangup()).map_err(ServerError::Signals)?;
-
+    let current = Arc::new(ArcSwap::from_pointee(config));
+    let connections = Arc::new(Connections::default());
+    let (phase, shutdown) = shutdown::channel();
+    let mut listeners = Listeners::new(Shared {
+        config: Arc::clone(&current),
+        connections: Arc::clone(&connections),
+        shutdown,
+    });
     // Bind everything before accepting anything: a config that cannot be served
     // whole is not served at all.
-    let mut bound = Vec::new();
-    for (index, l) in config.listeners.iter().enumerate() {
-        for &addr in &l.binds {
-            let socket = listener::bind(addr).map_err(|error| ServerError::Bind {
-                addr,
-                hint: match error.kind() {
-                    std::io::ErrorKind::PermissionDenied => {
-                        " (ports below 1024 need CAP_NET_BIND_SERVICE)"
-                    }
-                    std::io::ErrorKind::AddrInUse => " (another process listens there)",
-                    _ => "",
-                },
-                error,
-            })?;
-            tracing::info!(listener = %addr, protocol = l.protocol.as_str(), "listening");
-            bound.push((
-                socket,
-                Endpoint {
-                    config: Arc::clone(&config),
-                    listener: index,
-                    bind: addr,
-                },
-            ));
-        }
-    }
-
-    let max = config.limits.max_connections;
-    let limiter = Arc::new(Semaphore::new(max));
-    let (phase, shutdown) = shutdown::channel();
-    let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
-    let shared = Shared {
-        limiter: Arc::clone(&limiter),
-        shutdown,
-        open: open_tx,
-    };
-    for (socket, endpoint) in bound {
-        tokio::spawn(listener::accept_loop(socket, endpoint, shared.clone()));
-    }
-    drop(shared);
+    let bound = listeners.bind_missing(&current.load())?;
+    listeners.start(bound);
+    systemd::ready();
     tracing::info!("sniroute {} ready", env!("CARGO_PKG_VERSION"));
 
+    let mut watcher = if options.watch {
+        Watcher::new(&options.path)
+            .map_err(|e| {
+                tracing::warn!("cannot watch the config file, reload with SIGHUP only: {e}")
+            })
+            .ok()
+    } else {
+        None
+    };
+    let mut reloader = Reloader::new(options.path, Arc::clone(&current), listeners, options.text);
     let name = loop {
         tokio::select! {
-            name = signals.stop() => break name,
-            _ = hup.recv() => tracing::warn!(
-                "SIGHUP: live reload is not available in this version; restart sniroute to apply a new config"
-            ),
+            name = signals.stop.next() => break name,
+            _ = signals.hup.recv() => reloader.reload(Trigger::Signal).await,
+            () = file_changed(&mut watcher) => reloader.reload(Trigger::FileChange).await,
         }
     };
-    let open = max - limiter.available_permits();
+
+    systemd::stopping();
+    let timeout = current.load().timeouts.shutdown;
     tracing::info!(
         signal = name,
-        open,
-        "shutting down: no new connections; draining for up to {:?}",
-        config.timeouts.shutdown
+        open = connections.open(),
+        "shutting down: no new connections; draining for up to {timeout:?}"
     );
     let _ = phase.send(Phase::Draining);
-
     tokio::select! {
-        _ = open_rx.recv() => {
+        () = connections.all_closed() => {
             tracing::info!("all connections closed; exiting");
             return Ok(());
         }
-        () = tokio::time::sleep(config.timeouts.shutdown) => {
-            let open = max - limiter.available_permits();
-            tracing::warn!(open, "timeouts.shutdown passed; closing the remaining connections");
-        }
-        name = signals.stop() => {
+        () = tokio::time::sleep(timeout) => tracing::warn!(
+            open = connections.open(),
+            "timeouts.shutdown passed; closing the remaining connections"
+        ),
+        name = signals.stop.next() => {
             tracing::warn!(signal = name, "second signal; exiting now");
             return Ok(());
         }
     }
     // Cut connections still write their access-log lines; give them a moment.
     let _ = phase.send(Phase::Closing);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), open_rx.recv()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), connections.all_closed()).await;
     Ok(())
 }
 
-/// SIGTERM and SIGINT. Installing a handler replaces the default action, so a
-/// second signal cannot kill the process mid-drain unhandled.
+async fn file_changed(watcher: &mut Option<Watcher>) {
+    match watcher {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The signals sniroute handles. Installing a handler replaces the default
+/// action, so neither SIGHUP nor a second SIGTERM kills the process unhandled.
 struct Signals {
+    stop: StopSignals,
+    hup: Signal,
+}
+
+struct StopSignals {
     term: Signal,
     int: Signal,
 }
@@ -124,13 +124,18 @@ struct Signals {
 impl Signals {
     fn new() -> std::io::Result<Signals> {
         Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
+            stop: StopSignals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            },
+            hup: signal(SignalKind::hangup())?,
         })
     }
+}
 
+impl StopSignals {
     /// The next SIGTERM or SIGINT.
-    async fn stop(&mut self) -> &'static str {
+    async fn next(&mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",

@@ -200,9 +200,9 @@ async fn sigterm_stops_accepting_and_drains_open_connections() {
     let mut buf = vec![0; CURL_HELLO.len()];
     c.read_exact(&mut buf).await.unwrap();
 
-    // SIGHUP is handled (not the default action, which would kill the process).
+    // SIGHUP reloads (the default action would kill the process).
     proxy.signal("HUP");
-    proxy.wait_log("SIGHUP");
+    proxy.wait_log("trigger=SIGHUP took_ms=");
     assert!(
         proxy.child.try_wait().unwrap().is_none(),
         "SIGHUP killed sniroute"
@@ -262,7 +262,13 @@ async fn drain_ends_at_timeouts_shutdown_and_a_second_signal_exits_at_once() {
 async fn out_of_file_descriptors_pauses_accept_without_spinning_then_recovers() {
     let up = Upstream::start("127.0.0.2", "up", Mode::Tls).await;
     let listen = free_addr("127.0.0.1");
-    let proxy = Sniroute::start_with_nofile(&config(listen, up.addr, ""), Some(48));
+    let proxy = Sniroute::start_with(
+        &config(listen, up.addr, ""),
+        Opts {
+            nofile: Some(48),
+            ..Opts::default()
+        },
+    );
     // Each proxied connection costs two descriptors: 40 of them cannot all fit.
     let mut held = Vec::new();
     for _ in 0..40 {

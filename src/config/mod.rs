@@ -59,6 +59,18 @@ pub struct LogSettings {
     pub access_log: bool,
 }
 
+impl Config {
+    /// The listener that owns bind address `bind`, by index.
+    pub fn listener_for(&self, bind: SocketAddr) -> Option<usize> {
+        self.listeners.iter().position(|l| l.binds.contains(&bind))
+    }
+
+    /// Every bind address of every listener.
+    pub fn binds(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.listeners.iter().flat_map(|l| l.binds.iter().copied())
+    }
+}
+
 /// One `[[listeners]]` entry.
 #[derive(Debug)]
 pub struct Listener {
@@ -88,16 +100,34 @@ pub enum ConfigError {
 
 /// Reads, parses and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+    parse_with(&read(path)?, path, None)
+}
+
+/// Reads the config file's text.
+pub fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
         path: path.to_owned(),
         error,
-    })?;
-    parse(&text, path)
+    })
 }
 
 /// Parses and validates config `text`; `path` is only used in messages.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let ctx = Ctx { text, path };
+    parse_with(text, path, None)
+}
+
+/// Like [`parse`], but servers that `previous` has too (same pool name, same
+/// address) keep their live state: active connections and passive health.
+pub fn parse_with(
+    text: &str,
+    path: &Path,
+    previous: Option<&Config>,
+) -> Result<Config, ConfigError> {
+    let ctx = Ctx {
+        text,
+        path,
+        previous,
+    };
     let raw: RawConfig = toml::from_str(text).map_err(|e| match e.span() {
         Some(span) => ctx.at(span, e.message().to_owned()),
         None => ctx.file(e.message().to_owned()),
@@ -108,6 +138,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
+    previous: Option<&'a Config>,
 }
 
 impl Ctx<'_> {
@@ -361,7 +392,18 @@ impl Ctx<'_> {
                     Ok(_) => Arc::from(s.addr.as_str()),
                     Err(_) => Arc::from(format!("{} ({addr})", s.addr)),
                 };
-                servers.push(Server::new(addr, label, s.weight, s.backup));
+                let state = self
+                    .previous
+                    .and_then(|p| p.pools.get(name))
+                    .and_then(|p| p.servers.iter().find(|known| known.addr == addr))
+                    .map(Server::state);
+                servers.push(Server::new(
+                    addr,
+                    label,
+                    s.weight,
+                    s.backup,
+                    state.unwrap_or_default(),
+                ));
             }
         }
         if servers.iter().all(|s| s.backup) {

@@ -265,3 +265,41 @@ fn routes_keep_file_order_for_regexes() {
         .collect();
     assert_eq!(patterns, ["~b", "~a"]);
 }
+
+#[test]
+fn live_state_carries_over_for_servers_that_stay_in_their_pool() {
+    let old = load_str(MINIMAL).unwrap();
+    let pool = &old.pools["web"];
+    let mut attempts = pool.attempts();
+    let (first, lease) = pool
+        .next_server(&mut attempts, std::time::Instant::now())
+        .unwrap();
+    assert_eq!(first.addr.to_string(), "127.0.0.3:443"); // weight 2 goes first
+    pool.record_failure(&pool.servers[0], std::time::Instant::now());
+
+    // Same pool, one server dropped, weights changed, plus a renamed copy of the pool.
+    let text = MINIMAL
+        .replace("\"127.0.0.2:443\", ", "")
+        .replace("weight = 2", "weight = 5")
+        + "[upstreams.web2]\nservers = [\"127.0.0.3:443\"]\n";
+    let new = parse_with(&text, Path::new("t.toml"), Some(&old)).unwrap();
+    let web = &new.pools["web"];
+    assert_eq!(web.servers[0].addr.to_string(), "127.0.0.3:443");
+    assert_eq!(web.servers[0].weight, 5);
+    assert_eq!(web.servers[0].active(), 1, "active count survives");
+    assert_eq!(
+        new.pools["web2"].servers[0].active(),
+        0,
+        "another pool's server is another server"
+    );
+
+    let text = MINIMAL.to_owned();
+    let newer = parse_with(&text, Path::new("t.toml"), Some(&old)).unwrap();
+    assert!(
+        !newer.pools["web"].servers[0].is_up(std::time::Instant::now()),
+        "health survives"
+    );
+    drop(lease);
+    assert_eq!(web.servers[0].active(), 0);
+    assert_eq!(newer.pools["web"].servers[1].active(), 0);
+}

@@ -44,14 +44,27 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(addr: SocketAddr, label: Arc<str>, weight: u32, backup: bool) -> Server {
+    /// `state` is fresh (`Arc::default()`) for a new server, or the state of the
+    /// same server in the previous config generation.
+    pub fn new(
+        addr: SocketAddr,
+        label: Arc<str>,
+        weight: u32,
+        backup: bool,
+        state: Arc<ServerState>,
+    ) -> Server {
         Server {
             addr,
             label,
             weight,
             backup,
-            state: Arc::default(),
+            state,
         }
+    }
+
+    /// The live state, shared with every config generation that has this server.
+    pub fn state(&self) -> Arc<ServerState> {
+        Arc::clone(&self.state)
     }
 
     pub fn active(&self) -> u64 {
@@ -192,7 +205,13 @@ mod tests {
         let servers = servers
             .iter()
             .map(|&(addr, weight, backup)| {
-                Server::new(addr.parse().unwrap(), Arc::from(addr), weight, backup)
+                Server::new(
+                    addr.parse().unwrap(),
+                    Arc::from(addr),
+                    weight,
+                    backup,
+                    Arc::default(),
+                )
             })
             .collect();
         let health = HealthPolicy {

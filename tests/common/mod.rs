@@ -43,6 +43,15 @@ pub fn poll<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> 
     }
 }
 
+/// How to start the binary, beyond its config.
+#[derive(Default)]
+pub struct Opts {
+    /// Lower `RLIMIT_NOFILE` to this.
+    pub nofile: Option<u32>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
 /// The real binary, running on a config written to a temp dir.
 pub struct Sniroute {
     pub child: Child,
@@ -53,18 +62,23 @@ pub struct Sniroute {
 impl Sniroute {
     /// Starts sniroute on `config` and waits until it reports ready.
     pub fn start(config: &str) -> Sniroute {
-        Self::start_with_nofile(config, None)
+        Self::start_with(config, Opts::default())
     }
 
-    /// Starts sniroute with `RLIMIT_NOFILE` lowered to `nofile` (through the shell's
-    /// `ulimit`), to exhaust its file descriptors on purpose.
-    pub fn start_with_nofile(config: &str, nofile: Option<u32>) -> Sniroute {
+    /// Writes `config` to `sniroute.toml` in a new temp dir and starts on it.
+    pub fn start_with(config: &str, opts: Opts) -> Sniroute {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sniroute.toml");
         std::fs::write(&path, config).unwrap();
-        let mut command = match nofile {
+        Self::launch(dir, &path, opts)
+    }
+
+    /// Starts on the config at `path`; `dir` is kept alive as long as the process.
+    pub fn launch(dir: tempfile::TempDir, path: &Path, opts: Opts) -> Sniroute {
+        let mut command = match opts.nofile {
             None => Command::new(env!("CARGO_BIN_EXE_sniroute")),
             Some(n) => {
+                // Lower RLIMIT_NOFILE through the shell's `ulimit`, then exec.
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
@@ -72,9 +86,12 @@ impl Sniroute {
                 c
             }
         };
+        command
+            .args(&opts.args)
+            .envs(opts.env.iter().map(|(k, v)| (k, v)));
         let mut child = command
             .arg("--config")
-            .arg(&path)
+            .arg(path)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

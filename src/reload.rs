@@ -1,0 +1,367 @@
+//! Live reload: SIGHUP or a change of the config file → validate → swap.
+//!
+//! The new file is read, parsed, validated and resolved completely (off the async
+//! threads: DNS is blocking) before anything changes. New bind addresses are bound
+//! next; only then is the config swapped in whole, through the `ArcSwap` that
+//! every new connection loads from, and listeners that left are closed. Any
+//! failure before the swap leaves everything as it was. Open connections keep the
+//! snapshot they started with; servers that stay in their pool keep their live
+//! state (see [`config::parse_with`]).
+//!
+//! The file watcher watches the file's directory, not the file: editors replace
+//! the file by renaming a temporary over it, and Kubernetes swaps a `..data`
+//! symlink, and a watch on the old inode would go silent after either.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use tokio::sync::mpsc;
+
+use crate::config::{self, Config, ConfigError};
+use crate::listener::{BindError, Listeners};
+use crate::systemd;
+
+/// Why a reload did not happen; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP: always reload (names are resolved again, too).
+    Signal,
+    /// The watcher saw the file change: reload only if its text differs.
+    FileChange,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::FileChange => "file_change",
+        }
+    }
+}
+
+/// Applies new configs to the running process.
+pub struct Reloader {
+    path: PathBuf,
+    current: Arc<ArcSwap<Config>>,
+    listeners: Listeners,
+    /// The text of the last file read, good or bad, so that a burst of events for
+    /// one edit reloads once.
+    last_text: String,
+}
+
+impl Reloader {
+    pub fn new(
+        path: PathBuf,
+        current: Arc<ArcSwap<Config>>,
+        listeners: Listeners,
+        text: String,
+    ) -> Reloader {
+        Reloader {
+            path,
+            current,
+            listeners,
+            last_text: text,
+        }
+    }
+
+    /// Reloads and logs the outcome; never fails the process.
+    pub async fn reload(&mut self, trigger: Trigger) {
+        let text = match read(&self.path).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(
+                    trigger = %trigger.as_str(),
+                    "config reload failed, keeping the running config: {e}"
+                );
+                return;
+            }
+        };
+        if trigger == Trigger::FileChange && text == self.last_text {
+            tracing::debug!("config file touched but unchanged; not reloading");
+            return;
+        }
+        self.last_text.clone_from(&text);
+        systemd::reloading();
+        let started = Instant::now();
+        match self.apply(text).await {
+            Ok(diff) => tracing::info!(
+                trigger = %trigger.as_str(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "config reloaded: {diff}"
+            ),
+            Err(e) => tracing::error!(
+                trigger = %trigger.as_str(),
+                "config reload failed, keeping the running config: {e}"
+            ),
+        }
+        systemd::ready();
+    }
+
+    async fn apply(&mut self, text: String) -> Result<Diff, ReloadError> {
+        let previous = self.current.load_full();
+        let path = self.path.clone();
+        let prev = Arc::clone(&previous);
+        let config =
+            tokio::task::spawn_blocking(move || config::parse_with(&text, &path, Some(&prev)))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let bound = self.listeners.bind_missing(&config)?;
+        if config.log != previous.log {
+            tracing::warn!("[log] changes take effect at the next restart");
+        }
+        let diff = Diff::between(&previous, &config);
+        self.current.store(Arc::new(config));
+        self.listeners.start(bound);
+        self.listeners.stop_removed(&self.current.load());
+        Ok(diff)
+    }
+}
+
+async fn read(path: &Path) -> Result<String, ConfigError> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || config::read(&path))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// A running file watcher; dropping it stops watching.
+pub struct Watcher {
+    _debouncer: Debouncer<RecommendedWatcher>,
+    changes: mpsc::UnboundedReceiver<()>,
+}
+
+/// Bursts of file events closer together than this count as one change.
+const DEBOUNCE: Duration = Duration::from_millis(250);
+
+impl Watcher {
+    /// Watches the directory of `path` for changes to `path` (or to the `..data`
+    /// style entries of a Kubernetes ConfigMap volume).
+    pub fn new(path: &Path) -> notify_debouncer_mini::notify::Result<Watcher> {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().map(ToOwned::to_owned);
+        let (tx, changes) = mpsc::unbounded_channel();
+        let mut debouncer =
+            new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
+                Ok(events) => {
+                    let relevant = events.iter().any(|e| {
+                        let file = e.path.file_name();
+                        file == name.as_deref()
+                            || file
+                                .and_then(|f| f.to_str())
+                                .is_some_and(|f| f.starts_with(".."))
+                    });
+                    if relevant {
+                        let _ = tx.send(());
+                    }
+                }
+                Err(e) => tracing::warn!("config file watcher: {e}"),
+            })?;
+        debouncer
+            .watcher()
+            .watch(&dir, RecursiveMode::NonRecursive)?;
+        tracing::info!(dir = %dir.display(), "watching the config file for changes");
+        Ok(Watcher {
+            _debouncer: debouncer,
+            changes,
+        })
+    }
+
+    /// The next change (never resolves once the watcher thread is gone).
+    pub async fn changed(&mut self) {
+        if self.changes.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// What a reload changed, for the log line.
+#[derive(Debug, Default)]
+pub struct Diff {
+    listeners: Changes,
+    pools: Changes,
+    routes: Changes,
+}
+
+#[derive(Debug, Default)]
+struct Changes {
+    added: Vec<String>,
+    removed: Vec<String>,
+    changed: Vec<String>,
+}
+
+impl Changes {
+    fn between(old: &BTreeMap<String, String>, new: &BTreeMap<String, String>) -> Changes {
+        let mut c = Changes::default();
+        for (key, value) in new {
+            match old.get(key) {
+                None => c.added.push(key.clone()),
+                Some(v) if v != value => c.changed.push(key.clone()),
+                Some(_) => {}
+            }
+        }
+        c.removed = old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect();
+        c
+    }
+
+    fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+impl Diff {
+    pub fn between(old: &Config, new: &Config) -> Diff {
+        Diff {
+            listeners: Changes::between(&listeners(old), &listeners(new)),
+            pools: Changes::between(&pools(old), &pools(new)),
+            routes: Changes::between(&routes(old), &routes(new)),
+        }
+    }
+}
+
+/// bind address → protocol
+fn listeners(c: &Config) -> BTreeMap<String, String> {
+    c.listeners
+        .iter()
+        .flat_map(|l| {
+            l.binds
+                .iter()
+                .map(move |b| (b.to_string(), l.protocol.as_str().to_owned()))
+        })
+        .collect()
+}
+
+/// pool name → everything that defines it
+fn pools(c: &Config) -> BTreeMap<String, String> {
+    c.pools
+        .values()
+        .map(|p| {
+            let servers: Vec<_> = p
+                .servers
+                .iter()
+                .map(|s| (s.addr, s.weight, s.backup))
+                .collect();
+            (
+                p.name.to_string(),
+                format!("{:?} {:?} {servers:?}", p.balance, p.health),
+            )
+        })
+        .collect()
+}
+
+/// "bind pattern" → pool name, for every bind of every listener
+fn routes(c: &Config) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for l in &c.listeners {
+        let routes = l
+            .router
+            .routes()
+            .into_iter()
+            .chain(l.router.default_route());
+        for r in routes {
+            for b in &l.binds {
+                map.insert(format!("{b} {}", r.pattern), r.target.name.to_string());
+            }
+        }
+    }
+    map
+}
+
+impl fmt::Display for Diff {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.listeners.is_empty() && self.pools.is_empty() && self.routes.is_empty() {
+            return f.write_str("no changes");
+        }
+        let mut first = true;
+        for (what, c) in [
+            ("listeners", &self.listeners),
+            ("pools", &self.pools),
+            ("routes", &self.routes),
+        ] {
+            for (sign, names) in [("+", &c.added), ("-", &c.removed), ("~", &c.changed)] {
+                if names.is_empty() {
+                    continue;
+                }
+                if !first {
+                    f.write_str("; ")?;
+                }
+                first = false;
+                const SHOWN: usize = 10;
+                let shown: Vec<&str> = names.iter().take(SHOWN).map(String::as_str).collect();
+                write!(f, "{what} {sign}{} [{}", names.len(), shown.join(", "))?;
+                if names.len() > SHOWN {
+                    write!(f, ", …")?;
+                }
+                f.write_str("]")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        config::parse(text, Path::new("t.toml")).unwrap()
+    }
+
+    const BASE: &str = r#"
+[[listeners]]
+bind = "127.0.0.1:1443"
+protocol = "tls"
+[listeners.routes]
+"a.example.com" = "a"
+"b.example.com" = "b"
+[upstreams.a]
+servers = ["127.0.0.2:443"]
+[upstreams.b]
+servers = ["127.0.0.3:443"]
+"#;
+
+    #[test]
+    fn diff_names_what_was_added_removed_and_changed() {
+        let old = parse(BASE);
+        let text = BASE
+            .replace(
+                "\"b.example.com\" = \"b\"",
+                "\"b.example.com\" = \"a\"\n\"c.example.com\" = \"c\"",
+            )
+            .replace(
+                "[upstreams.b]\nservers = [\"127.0.0.3:443\"]",
+                "[upstreams.c]\nservers = [\"127.0.0.4:443\"]",
+            )
+            .replace("127.0.0.2:443", "127.0.0.5:443")
+            + "[[listeners]]\nbind = \"127.0.0.1:1080\"\nprotocol = \"http\"\ndefault = \"a\"\n";
+        let new = parse(&text);
+        assert_eq!(
+            Diff::between(&old, &new).to_string(),
+            "listeners +1 [127.0.0.1:1080]; pools +1 [c]; pools -1 [b]; pools ~1 [a]; \
+             routes +2 [127.0.0.1:1080 default, 127.0.0.1:1443 c.example.com]; \
+             routes ~1 [127.0.0.1:1443 b.example.com]"
+        );
+        assert_eq!(Diff::between(&old, &parse(BASE)).to_string(), "no changes");
+    }
+}
