@@ -9,6 +9,9 @@ use crate::name::HostName;
 use crate::peek::Protocol;
 use crate::pool::Pool;
 
+/// Routes listed per listener by `--check`; a 10k-route table is counted, not printed.
+const SUMMARY_ROUTES: usize = 20;
+
 /// The one-screen summary printed by `--check`.
 pub fn summary(config: &Config, path: &str) -> String {
     let mut out = format!("{path}: OK\n");
@@ -33,8 +36,16 @@ pub fn summary(config: &Config, path: &str) -> String {
             join(&l.binds),
             l.router.default_route().map_or("none", |r| &*r.target.name),
         );
-        for r in l.router.routes() {
+        let routes = l.router.routes();
+        for r in routes.iter().take(SUMMARY_ROUTES) {
             let _ = writeln!(out, "        {} -> {}", r.pattern, r.target.name);
+        }
+        if routes.len() > SUMMARY_ROUTES {
+            let more = routes.len() - SUMMARY_ROUTES;
+            let _ = writeln!(
+                out,
+                "        ... and {more} more (ask about one with --explain HOST)"
+            );
         }
     }
     let _ = writeln!(out, "upstreams:");

@@ -46,10 +46,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let text = config::read(&cli.config)?;
     let config = config::parse(&text, &cli.config)?;
     if cli.check {
-        print!(
-            "{}",
-            explain::summary(&config, &cli.config.display().to_string())
-        );
+        print(&explain::summary(
+            &config,
+            &cli.config.display().to_string(),
+        ));
         return Ok(());
     }
     if let Some(host) = &cli.explain {
@@ -59,7 +59,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cli.config.display()
             )
         })?;
-        print!("{out}");
+        print(&out);
         return Ok(());
     }
     logging::init(&config.log);
@@ -76,4 +76,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // Connections still open after the drain are cut here, not awaited.
     runtime.shutdown_background();
     Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`sniroute -t | head`) is not an error.
+fn print(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }

@@ -175,6 +175,30 @@ fn a_bind_that_fails_stops_start_up_with_a_clear_error() {
 }
 
 #[test]
+fn check_summarises_ten_thousand_routes_on_one_screen() {
+    let mut text = String::from(
+        "[[listeners]]\nbind = \"127.0.0.1:18443\"\nprotocol = \"tls\"\n[listeners.routes]\n",
+    );
+    for i in 0..10_000 {
+        text.push_str(&format!("\"host{i}.example.com\" = \"p\"\n"));
+    }
+    text.push_str("[upstreams.p]\nservers = [\"127.0.0.2:443\"]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &text);
+    let (code, out, _) = run_cli(&["--config", path.to_str().unwrap(), "-t"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("routes: 10000 exact, 0 wildcard, 0 regex; default: none"),
+        "{out}"
+    );
+    assert!(
+        out.contains("        ... and 9980 more (ask about one with --explain HOST)\n"),
+        "{out}"
+    );
+    assert!(out.lines().count() < 40, "{out}");
+}
+
+#[test]
 fn the_example_config_passes_check() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
     let (code, out, err) = run_cli(&["--config", example, "--check"]);
