@@ -29,16 +29,17 @@ pub fn summary(config: &Config, path: &str) -> String {
     let _ = writeln!(out, "listeners:");
     for l in &config.listeners {
         let (exact, wildcard, regex) = l.router.counts();
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
             "  {:<5} {}  routes: {exact} exact, {wildcard} wildcard, {regex} regex; default: {}",
             l.protocol.as_str(),
             join(&l.binds),
-            l.router.default_route().map_or("none", |r| &*r.target.name),
+            l.router.default_route().map_or("none", |r| &*r.target.pool.name),
         );
         let routes = l.router.routes();
         for r in routes.iter().take(SUMMARY_ROUTES) {
-            let _ = writeln!(out, "        {} -> {}", r.pattern, r.target.name);
+            let _ = writeln!(out, "        {} -> {}", r.pattern, r.target.pool.name);
         }
         if routes.len() > SUMMARY_ROUTES {
             let more = routes.len() - SUMMARY_ROUTES;
@@ -88,9 +89,9 @@ pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Opt
         match l.router.route(parsed.as_ref()) {
             Some(route) => {
                 let _ = writeln!(out, "  route:   {}", route.pattern);
-                let _ = writeln!(out, "  pool:    {}", describe_pool(&route.target));
+                let _ = writeln!(out, "  pool:    {}", describe_pool(&route.target.pool));
                 let now = Instant::now();
-                for s in &route.target.servers {
+                for s in &route.target.pool.servers {
                     let _ = writeln!(
                         out,
                         "  server:  {} weight={}{}{}",

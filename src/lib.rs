@@ -20,6 +20,7 @@ pub mod connect;
 pub mod explain;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod name;
 pub mod peek;
 pub mod pool;

@@ -24,7 +24,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::proxy::{self, Endpoint};
+use crate::metrics::{ListenerStats, Metrics};
+use crate::proxy::{self, Endpoint, Outcome};
 use crate::shutdown::{Phase, Shutdown};
 
 const BACKLOG: i32 = 4096;
@@ -117,6 +118,7 @@ pub struct Shared {
     pub config: Arc<ArcSwap<Config>>,
     pub connections: Arc<Connections>,
     pub shutdown: Shutdown,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The running accept loops, one per bind address.
@@ -150,7 +152,8 @@ impl Listeners {
     pub fn start(&mut self, bound: Vec<(SocketAddr, TcpListener)>) {
         for (addr, socket) in bound {
             tracing::info!(listener = %addr, "listening");
-            let task = tokio::spawn(accept_loop(socket, addr, self.shared.clone()));
+            let stats = self.shared.metrics.listener(addr);
+            let task = tokio::spawn(accept_loop(socket, addr, stats, self.shared.clone()));
             self.running.insert(addr, task);
         }
     }
@@ -177,7 +180,12 @@ impl Listeners {
 }
 
 /// Accepts on `listener` until shutdown, spawning one task per connection.
-async fn accept_loop(listener: TcpListener, bind: SocketAddr, mut shared: Shared) {
+async fn accept_loop(
+    listener: TcpListener,
+    bind: SocketAddr,
+    stats: Arc<ListenerStats>,
+    mut shared: Shared,
+) {
     let mut backoff = FIRST_BACKOFF;
     let mut refused = 0u64;
     let mut last_refusal_log: Option<Instant> = None;
@@ -202,6 +210,7 @@ async fn accept_loop(listener: TcpListener, bind: SocketAddr, mut shared: Shared
                 continue;
             }
         };
+        stats.accepted();
         // One snapshot per connection: it sees one config from start to end.
         let config = shared.config.load_full();
         let Some(listener_index) = config.listener_for(bind) else {
@@ -210,6 +219,7 @@ async fn accept_loop(listener: TcpListener, bind: SocketAddr, mut shared: Shared
         };
         let Some(slot) = shared.connections.try_open(config.limits.max_connections) else {
             drop(stream);
+            stats.closed(Outcome::OverLimit);
             refused += 1;
             if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
                 tracing::warn!(listener = %bind, refused, "max_connections reached; closing new connections");
@@ -222,6 +232,7 @@ async fn accept_loop(listener: TcpListener, bind: SocketAddr, mut shared: Shared
             config,
             listener: listener_index,
             bind,
+            stats: Arc::clone(&stats),
         };
         let shutdown = shared.shutdown.clone();
         tokio::spawn(async move {

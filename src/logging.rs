@@ -13,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogLevel, LogSettings};
 use crate::name::HostName;
+use crate::proxy::Outcome;
 
 pub const ACCESS_TARGET: &str = "sniroute::access";
 
@@ -54,14 +55,27 @@ pub struct AccessLog<'a> {
     /// Client → server bytes, including the replayed head.
     pub bytes_up: u64,
     pub bytes_down: u64,
-    pub outcome: &'static str,
     /// Why a connection failed; empty when it did not.
     pub reason: String,
 }
 
 impl AccessLog<'_> {
+    pub fn new(client: SocketAddr, listener: SocketAddr) -> Self {
+        AccessLog {
+            client,
+            listener,
+            host: None,
+            route: None,
+            pool: None,
+            server: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            reason: String::new(),
+        }
+    }
+
     /// Writes the line. `-` stands for a field the connection never reached.
-    pub fn emit(&self, duration: Duration) {
+    pub fn emit(&self, outcome: Outcome, duration: Duration) {
         tracing::info!(
             target: ACCESS_TARGET,
             client = %self.client,
@@ -73,7 +87,7 @@ impl AccessLog<'_> {
             bytes_up = self.bytes_up,
             bytes_down = self.bytes_down,
             duration_ms = duration.as_millis() as u64,
-            outcome = %self.outcome,
+            outcome = %outcome.as_str(),
             reason = %self.reason,
         );
     }

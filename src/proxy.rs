@@ -1,9 +1,11 @@
 //! One client connection, top to bottom: peek → route → connect → relay.
 //!
-//! Every path out of [`handle`] writes exactly one access-log line. The connection
-//! holds one config snapshot from start to end.
+//! Every connection ends in exactly one [`Outcome`], counted in the listener's
+//! metrics and written as one access-log line. The connection holds one config
+//! snapshot from start to end.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,11 +15,13 @@ use tokio::net::TcpStream;
 use crate::config::Config;
 use crate::connect::connect;
 use crate::logging::AccessLog;
+use crate::metrics::ListenerStats;
 use crate::peek::{self, http, tls, Protocol};
-use crate::relay::relay;
+use crate::pool::Pool;
+use crate::relay::{self, relay, Tally};
 use crate::shutdown::{Phase, Shutdown};
 
-/// Which listener a connection came in on.
+/// Which listener a connection came in on, with the config it will use.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub config: Arc<Config>,
@@ -25,6 +29,65 @@ pub struct Endpoint {
     pub listener: usize,
     /// The address this connection was accepted on.
     pub bind: SocketAddr,
+    pub stats: Arc<ListenerStats>,
+}
+
+/// How a client connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both directions closed normally.
+    Closed,
+    IdleTimeout,
+    ClientError,
+    UpstreamError,
+    /// Still open when the shutdown drain ended.
+    Shutdown,
+    PeekFailed,
+    NoRoute,
+    ConnectFailed,
+    /// Closed at once: `max_connections` were open.
+    OverLimit,
+}
+
+impl Outcome {
+    /// Every outcome, in declaration order (`ALL[o as usize] == o`).
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Closed,
+        Outcome::IdleTimeout,
+        Outcome::ClientError,
+        Outcome::UpstreamError,
+        Outcome::Shutdown,
+        Outcome::PeekFailed,
+        Outcome::NoRoute,
+        Outcome::ConnectFailed,
+        Outcome::OverLimit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Closed => "closed",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::ClientError => "client_error",
+            Outcome::UpstreamError => "upstream_error",
+            Outcome::Shutdown => "shutdown",
+            Outcome::PeekFailed => "peek_failed",
+            Outcome::NoRoute => "no_route",
+            Outcome::ConnectFailed => "connect_failed",
+            Outcome::OverLimit => "over_limit",
+        }
+    }
+}
+
+impl From<relay::End> for Outcome {
+    fn from(end: relay::End) -> Outcome {
+        match end {
+            relay::End::Closed => Outcome::Closed,
+            relay::End::Idle => Outcome::IdleTimeout,
+            relay::End::ClientError => Outcome::ClientError,
+            relay::End::UpstreamError => Outcome::UpstreamError,
+            relay::End::Shutdown => Outcome::Shutdown,
+        }
+    }
 }
 
 pub async fn handle(
@@ -34,24 +97,30 @@ pub async fn handle(
     mut shutdown: Shutdown,
 ) {
     let started = Instant::now();
+    let mut log = AccessLog::new(peer, endpoint.bind);
+    let mut pool = None;
+    let outcome = serve(&mut client, &endpoint, &mut log, &mut pool, &mut shutdown).await;
+    let elapsed = started.elapsed();
+    endpoint.stats.closed(outcome);
+    if let Some(pool) = pool {
+        pool.durations.observe(elapsed.as_secs_f64());
+    }
+    log.emit(outcome, elapsed);
+}
+
+async fn serve<'e>(
+    client: &mut TcpStream,
+    endpoint: &'e Endpoint,
+    log: &mut AccessLog<'e>,
+    pool: &mut Option<&'e Pool>,
+    shutdown: &mut Shutdown,
+) -> Outcome {
     let config = &*endpoint.config;
     let listener = &config.listeners[endpoint.listener];
-    let mut log = AccessLog {
-        client: peer,
-        listener: endpoint.bind,
-        host: None,
-        route: None,
-        pool: None,
-        server: None,
-        bytes_up: 0,
-        bytes_down: 0,
-        outcome: "",
-        reason: String::new(),
-    };
     client.set_nodelay(true).ok();
 
     let peeked = match peek::peek(
-        &mut client,
+        client,
         listener.protocol,
         config.limits.max_peek_bytes,
         config.timeouts.peek,
@@ -60,51 +129,62 @@ pub async fn handle(
     {
         Ok(peeked) => peeked,
         Err(e) => {
-            tracing::debug!(client = %peer, listener = %endpoint.bind, reason = e.reason(), "peek failed: {e}");
-            log.outcome = "peek_failed";
-            log.reason = e.reason().to_owned();
-            return log.emit(started.elapsed());
+            let reason = e.reason();
+            tracing::debug!(client = %log.client, listener = %endpoint.bind, reason = reason.as_str(), "peek failed: {e}");
+            endpoint.stats.peek_failed(reason);
+            log.reason = reason.as_str().to_owned();
+            return Outcome::PeekFailed;
         }
     };
     log.host = peeked.name.clone();
 
     let Some(route) = listener.router.route(peeked.name.as_ref()) else {
-        log.outcome = "no_route";
+        endpoint.stats.no_route();
         log.reason = "no_route".to_owned();
-        reject(&mut client, listener.protocol).await;
-        return log.emit(started.elapsed());
+        reject(client, listener.protocol).await;
+        return Outcome::NoRoute;
     };
+    route.target.routed.fetch_add(1, Ordering::Relaxed);
+    let target_pool = &*route.target.pool;
     log.route = Some(&route.pattern);
-    log.pool = Some(&route.target.name);
+    log.pool = Some(&target_pool.name);
+    *pool = Some(target_pool);
 
-    let mut upstream = match connect(&route.target, config.timeouts.connect).await {
+    let mut upstream = match connect(target_pool, config.timeouts.connect).await {
         Ok(connected) => connected,
         Err(e) => {
-            tracing::error!(client = %peer, pool = %e.pool, "no server reachable: {e}");
-            log.outcome = "connect_failed";
+            tracing::error!(client = %log.client, pool = %e.pool, "no server reachable: {e}");
             log.reason = e.last.to_string();
-            return log.emit(started.elapsed());
+            return Outcome::ConnectFailed;
         }
     };
     log.server = Some(upstream.server.addr);
+    let live = upstream.server.live();
 
     if let Err(e) = upstream.stream.write_all(&peeked.bytes).await {
-        log.outcome = "upstream_error";
         log.reason = format!("replaying the peeked bytes: {e}");
-        return log.emit(started.elapsed());
+        return Outcome::UpstreamError;
     }
+    let head = peeked.bytes.len() as u64;
+    live.bytes_up.fetch_add(head, Ordering::Relaxed);
+    drop(peeked);
+
+    let tally = Tally {
+        up: &live.bytes_up,
+        down: &live.bytes_down,
+    };
     let closing = shutdown.reached(Phase::Closing);
     let totals = relay(
-        &mut client,
+        client,
         &mut upstream.stream,
         config.timeouts.idle,
+        tally,
         closing,
     )
     .await;
-    log.bytes_up = peeked.bytes.len() as u64 + totals.up;
+    log.bytes_up = head + totals.up;
     log.bytes_down = totals.down;
-    log.outcome = totals.end.as_str();
-    log.emit(started.elapsed());
+    totals.end.into()
 }
 
 /// Tells a client without a route why it is refused: a fatal `unrecognized_name`
@@ -130,4 +210,19 @@ async fn reject(client: &mut TcpStream, protocol: Protocol) {
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_all_is_in_declaration_order() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+        for (i, r) in crate::peek::Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+    }
 }

@@ -53,12 +53,20 @@ pub struct Totals {
     pub end: End,
 }
 
+/// Counters outside the relay that follow its traffic live (a server's totals).
+#[derive(Debug, Clone, Copy)]
+pub struct Tally<'a> {
+    pub up: &'a AtomicU64,
+    pub down: &'a AtomicU64,
+}
+
 /// Relays between `client` and `upstream` until both directions are closed, an
 /// error occurs, nothing moves for `idle`, or `stop` resolves.
 pub async fn relay(
     client: &mut TcpStream,
     upstream: &mut TcpStream,
     idle: Duration,
+    tally: Tally<'_>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Totals {
     let start = Instant::now();
@@ -71,7 +79,7 @@ pub async fn relay(
             copy(
                 &mut client_read,
                 &mut upstream_write,
-                &up,
+                [&up, tally.up],
                 &last_activity,
                 start,
                 Side::Client
@@ -79,7 +87,7 @@ pub async fn relay(
             copy(
                 &mut upstream_read,
                 &mut client_write,
-                &down,
+                [&down, tally.down],
                 &last_activity,
                 start,
                 Side::Upstream
@@ -122,7 +130,7 @@ enum Side {
 async fn copy<R, W>(
     reader: &mut R,
     writer: &mut W,
-    count: &AtomicU64,
+    counts: [&AtomicU64; 2],
     last_activity: &AtomicU64,
     start: Instant,
     read_side: Side,
@@ -144,7 +152,9 @@ where
             return Ok(());
         }
         writer.write_all(&buf[..n]).await.map_err(|_| write_side)?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
+        for count in counts {
+            count.fetch_add(n as u64, Ordering::Relaxed);
+        }
         last_activity.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

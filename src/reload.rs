@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{self, Config, ConfigError};
 use crate::listener::{BindError, Listeners};
+use crate::metrics::Metrics;
 use crate::systemd;
 
 /// Why a reload did not happen; the running config stays.
@@ -59,6 +60,7 @@ pub struct Reloader {
     path: PathBuf,
     current: Arc<ArcSwap<Config>>,
     listeners: Listeners,
+    metrics: Arc<Metrics>,
     /// The text of the last file read, good or bad, so that a burst of events for
     /// one edit reloads once.
     last_text: String,
@@ -69,36 +71,36 @@ impl Reloader {
         path: PathBuf,
         current: Arc<ArcSwap<Config>>,
         listeners: Listeners,
+        metrics: Arc<Metrics>,
         text: String,
     ) -> Reloader {
         Reloader {
             path,
             current,
             listeners,
+            metrics,
             last_text: text,
         }
     }
 
     /// Reloads and logs the outcome; never fails the process.
     pub async fn reload(&mut self, trigger: Trigger) {
-        let text = match read(&self.path).await {
-            Ok(text) => text,
-            Err(e) => {
-                tracing::error!(
-                    trigger = %trigger.as_str(),
-                    "config reload failed, keeping the running config: {e}"
-                );
+        let text = read(&self.path).await;
+        if let Ok(text) = &text {
+            if trigger == Trigger::FileChange && *text == self.last_text {
+                tracing::debug!("config file touched but unchanged; not reloading");
                 return;
             }
-        };
-        if trigger == Trigger::FileChange && text == self.last_text {
-            tracing::debug!("config file touched but unchanged; not reloading");
-            return;
+            self.last_text.clone_from(text);
         }
-        self.last_text.clone_from(&text);
         systemd::reloading();
         let started = Instant::now();
-        match self.apply(text).await {
+        let result = match text {
+            Ok(text) => self.apply(text).await,
+            Err(e) => Err(e.into()),
+        };
+        self.metrics.reloaded(result.is_ok());
+        match result {
             Ok(diff) => tracing::info!(
                 trigger = %trigger.as_str(),
                 took_ms = started.elapsed().as_millis() as u64,
@@ -123,6 +125,9 @@ impl Reloader {
         let bound = self.listeners.bind_missing(&config)?;
         if config.log != previous.log {
             tracing::warn!("[log] changes take effect at the next restart");
+        }
+        if config.metrics != previous.metrics {
+            tracing::warn!("[metrics] changes take effect at the next restart");
         }
         let diff = Diff::between(&previous, &config);
         self.current.store(Arc::new(config));
@@ -281,7 +286,7 @@ fn routes(c: &Config) -> BTreeMap<String, String> {
             .chain(l.router.default_route());
         for r in routes {
             for b in &l.binds {
-                map.insert(format!("{b} {}", r.pattern), r.target.name.to_string());
+                map.insert(format!("{b} {}", r.pattern), r.target.pool.name.to_string());
             }
         }
     }

@@ -13,6 +13,9 @@ use regex::RegexSet;
 
 use crate::name::HostName;
 
+/// The pattern label of a listener's `default` route.
+pub const DEFAULT_ROUTE: &str = "default";
+
 /// A matched route: the config key that matched (kept for logs and metric labels,
 /// whose cardinality must be bounded by the config, never by clients) and its target.
 #[derive(Debug)]
@@ -104,7 +107,7 @@ impl<T> RouterBuilder<T> {
             regex_set: RegexSet::new(&self.regexes).unwrap_or_else(|_| RegexSet::empty()),
             regex_routes: self.regex_routes,
             default: default.map(|target| Route {
-                pattern: Arc::from("default"),
+                pattern: Arc::from(DEFAULT_ROUTE),
                 target,
             }),
         }

@@ -13,7 +13,8 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::Config;
-use crate::listener::{BindError, Connections, Listeners, Shared};
+use crate::listener::{self, BindError, Connections, Listeners, Shared};
+use crate::metrics::{endpoint, Metrics};
 use crate::reload::{Reloader, Trigger, Watcher};
 use crate::shutdown::{self, Phase};
 use crate::systemd;
@@ -44,14 +45,21 @@ pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
     let current = Arc::new(ArcSwap::from_pointee(config));
     let connections = Arc::new(Connections::default());
     let (phase, shutdown) = shutdown::channel();
+    let metrics = Metrics::new(Arc::clone(&current), Arc::clone(&connections));
     let mut listeners = Listeners::new(Shared {
         config: Arc::clone(&current),
         connections: Arc::clone(&connections),
-        shutdown,
+        shutdown: shutdown.clone(),
+        metrics: Arc::clone(&metrics),
     });
     // Bind everything before accepting anything: a config that cannot be served
     // whole is not served at all.
     let bound = listeners.bind_missing(&current.load())?;
+    if let Some(addr) = current.load().metrics {
+        let socket = listener::bind(addr)?;
+        tracing::info!(metrics = %addr, "serving GET /metrics");
+        tokio::spawn(endpoint::serve(socket, Arc::clone(&metrics), shutdown));
+    }
     listeners.start(bound);
     systemd::ready();
     tracing::info!("sniroute {} ready", env!("CARGO_PKG_VERSION"));
@@ -65,7 +73,13 @@ pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
     } else {
         None
     };
-    let mut reloader = Reloader::new(options.path, Arc::clone(&current), listeners, options.text);
+    let mut reloader = Reloader::new(
+        options.path,
+        Arc::clone(&current),
+        listeners,
+        metrics,
+        options.text,
+    );
     let name = loop {
         tokio::select! {
             name = signals.stop.next() => break name,

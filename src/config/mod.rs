@@ -8,10 +8,11 @@
 
 mod raw;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use raw::{RawBalance, RawConfig, RawProtocol, RawProxyProtocol, RawUpstream};
 
 use crate::peek::Protocol;
 use crate::pool::{Balance, HealthPolicy, Pool, Server};
-use crate::route::{Router, RouterBuilder};
+use crate::route::{Router, RouterBuilder, DEFAULT_ROUTE};
 
 /// Where sniroute looks without `--config`.
 pub const DEFAULT_PATH: &str = "/etc/sniroute/sniroute.toml";
@@ -36,6 +37,16 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Every pool, by name.
     pub pools: BTreeMap<Arc<str>, Arc<Pool>>,
+    /// Where `GET /metrics` is served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// What a route leads to: a pool, and the count of connections routed that way
+/// (kept across reloads while the listener, pattern and pool stay the same).
+#[derive(Debug)]
+pub struct Target {
+    pub pool: Arc<Pool>,
+    pub routed: Arc<AtomicU64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +87,7 @@ impl Config {
 pub struct Listener {
     pub binds: Vec<SocketAddr>,
     pub protocol: Protocol,
-    pub router: Router<Arc<Pool>>,
+    pub router: Router<Target>,
 }
 
 /// Why a config cannot be used.
@@ -186,13 +197,18 @@ impl Ctx<'_> {
     }
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        if let Some(metrics) = &raw.metrics {
-            return Err(self.at(
-                metrics.span(),
-                "[metrics] is not available in this version of sniroute yet; remove the section"
-                    .into(),
-            ));
-        }
+        let metrics = match &raw.metrics {
+            Some(m) => Some(m.bind.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.at(
+                    m.bind.span(),
+                    format!(
+                        "metrics.bind `{}` is not an IP:port address (e.g. \"127.0.0.1:9100\")",
+                        m.bind.get_ref()
+                    ),
+                )
+            })?),
+            None => None,
+        };
         let t = &raw.timeouts;
         let timeouts = Timeouts {
             peek: self.duration("timeouts.peek", t.peek.as_ref(), Duration::from_secs(5))?,
@@ -270,16 +286,27 @@ impl Ctx<'_> {
                 seen_binds.push(addr);
                 binds.push(addr);
             }
+            let counters = self.route_counters(&binds);
+            let target = |pattern: &str, pool: Arc<Pool>| {
+                let routed = counters
+                    .get(pattern)
+                    .filter(|(name, _)| *name == pool.name)
+                    .map_or_else(Arc::default, |(_, routed)| Arc::clone(routed));
+                Target { pool, routed }
+            };
             let mut router = RouterBuilder::default();
             for (pattern, pool_name) in &listener.get_ref().routes.0 {
                 let pool =
                     self.pool_ref(&pools, pool_name, &format!("route `{}`", pattern.get_ref()))?;
                 router
-                    .add(pattern.get_ref(), pool)
+                    .add(pattern.get_ref(), target(pattern.get_ref(), pool))
                     .map_err(|e| self.at(pattern.span(), e.to_string()))?;
             }
             let default = match &raw_l.default {
-                Some(name) => Some(self.pool_ref(&pools, name, "listener default")?),
+                Some(name) => Some(target(
+                    DEFAULT_ROUTE,
+                    self.pool_ref(&pools, name, "listener default")?,
+                )),
                 None => None,
             };
             if raw_l.routes.0.is_empty() && default.is_none() {
@@ -295,13 +322,56 @@ impl Ctx<'_> {
                 router: router.build(default),
             });
         }
+        if let Some(addr) = metrics {
+            if let Some(other) = seen_binds
+                .iter()
+                .find(|b| **b == addr || binds_overlap(addr, **b))
+            {
+                let span = raw
+                    .metrics
+                    .as_ref()
+                    .map(|m| m.bind.span())
+                    .unwrap_or_default();
+                return Err(self.at(span, format!("metrics.bind `{addr}` collides with listener bind `{other}`; use another port")));
+            }
+        }
         Ok(Config {
             timeouts,
             limits,
             log,
             listeners,
             pools,
+            metrics,
         })
+    }
+
+    /// The routed-connection counters of the previous config's listener on the
+    /// same addresses: pattern → (pool name, counter).
+    fn route_counters(
+        &self,
+        binds: &[SocketAddr],
+    ) -> HashMap<Arc<str>, (Arc<str>, Arc<AtomicU64>)> {
+        let Some(previous) = self.previous else {
+            return HashMap::new();
+        };
+        let Some(index) = binds.iter().find_map(|b| previous.listener_for(*b)) else {
+            return HashMap::new();
+        };
+        let router = &previous.listeners[index].router;
+        router
+            .routes()
+            .into_iter()
+            .chain(router.default_route())
+            .map(|r| {
+                (
+                    Arc::clone(&r.pattern),
+                    (
+                        Arc::clone(&r.target.pool.name),
+                        Arc::clone(&r.target.routed),
+                    ),
+                )
+            })
+            .collect()
     }
 
     fn bounded(
@@ -416,7 +486,17 @@ impl Ctx<'_> {
             None | Some(RawBalance::LeastConn) => Balance::LeastConn,
             Some(RawBalance::RoundRobin) => Balance::RoundRobin,
         };
-        Ok(Pool::new(Arc::from(name), balance, health, servers))
+        let durations = self
+            .previous
+            .and_then(|p| p.pools.get(name))
+            .map_or_else(Pool::new_durations, |p| p.durations.clone());
+        Ok(Pool::new(
+            Arc::from(name),
+            balance,
+            health,
+            servers,
+            durations,
+        ))
     }
 
     /// `ip:port` as is; `name:port` through the system resolver, every address it

@@ -20,11 +20,17 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub log: RawLog,
-    pub metrics: Option<Spanned<toml::Table>>,
+    pub metrics: Option<RawMetrics>,
     #[serde(default)]
     pub listeners: Vec<Spanned<RawListener>>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub bind: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -70,7 +70,7 @@ fn defaults_are_those_of_the_spec() {
 }
 
 #[test]
-fn the_spec_example_without_metrics_and_proxy_protocol_is_valid() {
+fn the_spec_example_without_proxy_protocol_is_valid() {
     let text = r#"
 [timeouts]
 peek = "5s"
@@ -84,6 +84,8 @@ max_peek_bytes = 16384
 level = "info"
 format = "text"
 access_log = true
+[metrics]
+bind = "127.0.0.1:9100"
 [[listeners]]
 bind = ["0.0.0.0:443", "[::]:443"]
 protocol = "tls"
@@ -113,6 +115,7 @@ servers = ["192.168.0.1:80"]
 "#;
     let c = load_str(text).unwrap();
     assert_eq!(c.listeners.len(), 2);
+    assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
     assert_eq!(
         c.pools["rancher_https"].health,
         HealthPolicy {
@@ -170,8 +173,16 @@ fn bad_values_name_key_and_fix() {
             "t.toml:2:9: unknown variant `loud`",
         ),
         (
-            "[metrics]\nbind = \"127.0.0.1:9100\"\n",
-            "t.toml:1:1: [metrics] is not available",
+            "[metrics]\nbind = \"localhost:9100\"\n",
+            "t.toml:2:8: metrics.bind `localhost:9100` is not an IP:port address",
+        ),
+        (
+            "[metrics]\nbind = \"127.0.0.1:8443\"\n",
+            "t.toml:2:8: metrics.bind `127.0.0.1:8443` collides with listener bind `127.0.0.1:8443`",
+        ),
+        (
+            "[metrics]\nport = 1\n",
+            "t.toml:2:1: unknown field `port`",
         ),
     ];
     for (prefix, want) in cases {

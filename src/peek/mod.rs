@@ -78,17 +78,52 @@ pub enum PeekError {
     Io(#[from] io::Error),
 }
 
-impl PeekError {
-    /// A short, stable label for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+/// [`PeekError`] without its details: a label for logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Timeout,
+    TooLarge,
+    NotTls,
+    NotHttp,
+    Malformed,
+    ClientClosed,
+    ReadError,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::Timeout,
+        Reason::TooLarge,
+        Reason::NotTls,
+        Reason::NotHttp,
+        Reason::Malformed,
+        Reason::ClientClosed,
+        Reason::ReadError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
         match self {
-            PeekError::Timeout => "timeout",
-            PeekError::TooLarge => "too_large",
-            PeekError::NotTls(_) => "not_tls",
-            PeekError::NotHttp(_) => "not_http",
-            PeekError::Malformed(_) => "malformed",
-            PeekError::ClientClosed => "client_closed",
-            PeekError::Io(_) => "read_error",
+            Reason::Timeout => "timeout",
+            Reason::TooLarge => "too_large",
+            Reason::NotTls => "not_tls",
+            Reason::NotHttp => "not_http",
+            Reason::Malformed => "malformed",
+            Reason::ClientClosed => "client_closed",
+            Reason::ReadError => "read_error",
+        }
+    }
+}
+
+impl PeekError {
+    pub fn reason(&self) -> Reason {
+        match self {
+            PeekError::Timeout => Reason::Timeout,
+            PeekError::TooLarge => Reason::TooLarge,
+            PeekError::NotTls(_) => Reason::NotTls,
+            PeekError::NotHttp(_) => Reason::NotHttp,
+            PeekError::Malformed(_) => Reason::Malformed,
+            PeekError::ClientClosed => Reason::ClientClosed,
+            PeekError::Io(_) => Reason::ReadError,
         }
     }
 }
@@ -165,7 +200,7 @@ mod tests {
         let err = peek(&mut server, Protocol::Tls, 16384, Duration::from_millis(50))
             .await
             .unwrap_err();
-        assert_eq!(err.reason(), "timeout");
+        assert_eq!(err.reason().as_str(), "timeout");
     }
 
     #[tokio::test]
@@ -178,7 +213,7 @@ mod tests {
         let err = peek(&mut server, Protocol::Tls, 1000, Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(err.reason(), "too_large");
+        assert_eq!(err.reason().as_str(), "too_large");
         // Exactly max_bytes were consumed from the stream.
         let mut rest = vec![0; 20_000];
         drop(client);
@@ -201,6 +236,6 @@ mod tests {
         let err = peek(&mut server, Protocol::Tls, 16384, Duration::from_secs(5))
             .await
             .unwrap_err();
-        assert_eq!(err.reason(), "client_closed");
+        assert_eq!(err.reason().as_str(), "client_closed");
     }
 }

@@ -275,17 +275,21 @@ pub(crate) mod tests {
 
     #[test]
     fn not_tls_is_decided_on_the_first_bytes() {
-        assert_eq!(parse(b"G").unwrap_err().reason(), "not_tls");
+        assert_eq!(parse(b"G").unwrap_err().reason().as_str(), "not_tls");
         assert_eq!(
-            parse(b"GET / HTTP/1.1\r\n").unwrap_err().reason(),
+            parse(b"GET / HTTP/1.1\r\n").unwrap_err().reason().as_str(),
             "not_tls"
         );
-        assert_eq!(parse(&[0x16, 0x02]).unwrap_err().reason(), "not_tls");
+        assert_eq!(
+            parse(&[0x16, 0x02]).unwrap_err().reason().as_str(),
+            "not_tls"
+        );
         // A handshake record that is not a ClientHello (a ServerHello).
         assert_eq!(
             parse(&[0x16, 0x03, 0x03, 0x00, 0x04, 0x02, 0, 0, 0])
                 .unwrap_err()
-                .reason(),
+                .reason()
+                .as_str(),
             "not_tls"
         );
     }
@@ -296,17 +300,18 @@ pub(crate) mod tests {
         assert_eq!(
             parse(&[0x16, 0x03, 0x01, 0x40, 0x01, 0x01])
                 .unwrap_err()
-                .reason(),
+                .reason()
+                .as_str(),
             "malformed"
         );
         // An alert record between two hello fragments.
         let msg = hello_message(&[(0, b"x.example.com")]);
         let mut buf = records(&msg[..10], &[]);
         buf.extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
-        assert_eq!(parse(&buf).unwrap_err().reason(), "malformed");
+        assert_eq!(parse(&buf).unwrap_err().reason().as_str(), "malformed");
         // Complete message whose body is garbage.
         let buf = records(&[0x01, 0x00, 0x00, 0x03, 0xff, 0xff, 0xff], &[]);
-        assert_eq!(parse(&buf).unwrap_err().reason(), "malformed");
+        assert_eq!(parse(&buf).unwrap_err().reason().as_str(), "malformed");
         // A server_name list claiming more bytes than its extension holds.
         let mut msg = hello_message(&[(0, b"x.example.com")]);
         let at = msg
@@ -315,7 +320,7 @@ pub(crate) mod tests {
             .unwrap();
         msg[at + 5] = 0x11;
         assert_eq!(
-            parse(&records(&msg, &[])).unwrap_err().reason(),
+            parse(&records(&msg, &[])).unwrap_err().reason().as_str(),
             "malformed"
         );
         // An extension header cut short at the end of the block.
@@ -327,7 +332,7 @@ pub(crate) mod tests {
         let ext_len_at = n - 1 - 7 - 2;
         msg[ext_len_at + 1] += 1;
         assert_eq!(
-            parse(&records(&msg, &[])).unwrap_err().reason(),
+            parse(&records(&msg, &[])).unwrap_err().reason().as_str(),
             "malformed"
         );
     }

@@ -1,10 +1,12 @@
 //! Upstream pools: servers, their live state, and which one a client gets next.
 //!
 //! A [`Pool`] is immutable configuration plus, per server, a shared
-//! [`ServerState`] (active connections, passive health). The state sits behind an
-//! `Arc` of its own so that it can outlive one config generation. Active counts are
-//! only ever changed by a [`Lease`]: taken when a server is picked, given back on
-//! drop, so no early return can leak a count.
+//! [`ServerState`] (active connections, passive health, traffic counters). The
+//! state sits behind an `Arc` of its own so that it can outlive one config
+//! generation: a reload hands it to the same server in the new config, and the
+//! metrics read it at scrape time. Active counts are only ever changed by a
+//! [`Lease`]: taken when a server is picked, given back on drop, so no early
+//! return can leak a count.
 
 pub mod balance;
 pub mod health;
@@ -13,6 +15,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 pub use balance::Balance;
 pub use health::HealthPolicy;
@@ -23,9 +27,35 @@ use health::{Health, Transition};
 pub struct ServerState {
     active: AtomicU64,
     health: Mutex<Health>,
+    connect_attempts: AtomicU64,
+    connect_failures: AtomicU64,
+    /// Client → server bytes, the replayed head included.
+    pub bytes_up: AtomicU64,
+    /// Server → client bytes.
+    pub bytes_down: AtomicU64,
+}
+
+/// A snapshot of a server's counters, for the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub active: u64,
+    pub connect_attempts: u64,
+    pub connect_failures: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
 }
 
 impl ServerState {
+    pub fn counters(&self) -> Counters {
+        Counters {
+            active: self.active.load(Ordering::Relaxed),
+            connect_attempts: self.connect_attempts.load(Ordering::Relaxed),
+            connect_failures: self.connect_failures.load(Ordering::Relaxed),
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+        }
+    }
+
     fn health(&self) -> MutexGuard<'_, Health> {
         // Health holds no invariant a panic elsewhere could break: keep using it.
         self.health.lock().unwrap_or_else(PoisonError::into_inner)
@@ -74,6 +104,11 @@ impl Server {
     pub fn is_up(&self, now: Instant) -> bool {
         self.state.health().is_up(now)
     }
+
+    /// The live state (counters, health), shared across config generations.
+    pub fn live(&self) -> &ServerState {
+        &self.state
+    }
 }
 
 /// An upstream pool.
@@ -83,6 +118,8 @@ pub struct Pool {
     pub balance: Balance,
     pub health: HealthPolicy,
     pub servers: Vec<Server>,
+    /// How long connections through this pool lasted; kept across reloads.
+    pub durations: Histogram,
     /// Smooth weighted round-robin scores, one per server. Locked only for the
     /// few additions of one pick, never across an await.
     scores: Mutex<Vec<i64>>,
@@ -112,6 +149,7 @@ impl Pool {
         balance: Balance,
         health: HealthPolicy,
         servers: Vec<Server>,
+        durations: Histogram,
     ) -> Pool {
         let scores = Mutex::new(vec![0; servers.len()]);
         Pool {
@@ -119,8 +157,14 @@ impl Pool {
             balance,
             health,
             servers,
+            durations,
             scores,
         }
+    }
+
+    /// A fresh connection-duration histogram: 5 ms to about 6 h, ×4 per bucket.
+    pub fn new_durations() -> Histogram {
+        Histogram::new(exponential_buckets(0.005, 4.0, 12))
     }
 
     pub fn attempts(&self) -> Attempts {
@@ -165,6 +209,10 @@ impl Pool {
                 attempts.tried[index] = true;
                 let server = &self.servers[index];
                 server.state.active.fetch_add(1, Ordering::Relaxed);
+                server
+                    .state
+                    .connect_attempts
+                    .fetch_add(1, Ordering::Relaxed);
                 return Some((
                     server,
                     Lease {
@@ -178,6 +226,10 @@ impl Pool {
 
     /// Records a failed connect; logs when it marks the server down.
     pub fn record_failure(&self, server: &Server, now: Instant) {
+        server
+            .state
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
         if server.state.health().record_failure(self.health, now) == Transition::MarkedDown {
             tracing::warn!(
                 pool = %self.name,
@@ -218,7 +270,13 @@ mod tests {
             max_fails,
             fail_timeout: Duration::from_secs(5),
         };
-        Pool::new(Arc::from("p"), Balance::LeastConn, health, servers)
+        Pool::new(
+            Arc::from("p"),
+            Balance::LeastConn,
+            health,
+            servers,
+            Pool::new_durations(),
+        )
     }
 
     fn order(pool: &Pool, now: Instant) -> Vec<SocketAddr> {
