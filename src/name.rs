@@ -10,6 +10,8 @@ use std::fmt;
 
 /// Longest hostname we accept, as in DNS (RFC 1035: 253 characters in text form).
 pub const MAX_LEN: usize = 253;
+/// Longest label (RFC 1035: 63 octets).
+pub const MAX_LABEL: usize = 63;
 
 /// A lowercase hostname without trailing dot, safe to log and to match on.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -17,7 +19,7 @@ pub struct HostName(Box<str>);
 
 impl HostName {
     /// Normalises and validates `raw`: a DNS-style name of ASCII letters, digits,
-    /// `-`, `_` and `.` (no empty label), or a bracketed IPv6 literal such as
+    /// `-`, `_` and `.` (labels of 1 to 63 bytes), or a bracketed IPv6 literal such as
     /// `[2001:db8::1]` (what an HTTP `Host` carries); at most [`MAX_LEN`] bytes. One
     /// trailing dot is dropped (`example.com.` is `example.com`). Returns `None` for
     /// anything else.
@@ -36,7 +38,9 @@ impl HostName {
             None => {
                 raw.iter()
                     .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                    && raw.split(|&b| b == b'.').all(|label| !label.is_empty())
+                    && raw
+                        .split(|&b| b == b'.')
+                        .all(|label| (1..=MAX_LABEL).contains(&label.len()))
             }
         };
         if !ok {
@@ -103,8 +107,25 @@ mod tests {
         ] {
             assert_eq!(name(bad), None, "{bad:?}");
         }
-        assert_eq!(name(&"a".repeat(254)), None);
-        assert!(name(&"a".repeat(253)).is_some());
+        assert_eq!(
+            name(&format!("{}.com", "a".repeat(250))),
+            None,
+            "over 253 bytes"
+        );
+        let long = format!("{0}.{0}.{0}.{1}", "a".repeat(63), "b".repeat(61));
+        assert_eq!(long.len(), 253);
+        assert!(name(&long).is_some());
+        assert_eq!(
+            name(&format!("{}.com", "a".repeat(64))),
+            None,
+            "label over 63 bytes"
+        );
+        // IDNs arrive as punycode (ASCII) and are fine; raw UTF-8 is not a hostname.
+        assert_eq!(
+            name("xn--bcher-kva.example").as_deref(),
+            Some("xn--bcher-kva.example")
+        );
+        assert_eq!(name("bücher.example"), None);
     }
 
     #[test]

@@ -47,11 +47,13 @@ pub enum Outcome {
     ConnectFailed,
     /// Closed at once: `max_connections` were open.
     OverLimit,
+    /// Closed at once: `max_connections_per_ip` were open from this address.
+    OverClientLimit,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (`ALL[o as usize] == o`).
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Closed,
         Outcome::IdleTimeout,
         Outcome::ClientError,
@@ -61,6 +63,7 @@ impl Outcome {
         Outcome::NoRoute,
         Outcome::ConnectFailed,
         Outcome::OverLimit,
+        Outcome::OverClientLimit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +77,7 @@ impl Outcome {
             Outcome::NoRoute => "no_route",
             Outcome::ConnectFailed => "connect_failed",
             Outcome::OverLimit => "over_limit",
+            Outcome::OverClientLimit => "over_ip_limit",
         }
     }
 }

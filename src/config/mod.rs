@@ -61,6 +61,8 @@ pub struct Timeouts {
 pub struct Limits {
     pub max_connections: usize,
     pub max_peek_bytes: usize,
+    /// Open connections allowed from one client address; `None`: no such limit.
+    pub max_connections_per_ip: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +239,15 @@ impl Ctx<'_> {
                 16_384,
                 512..=1 << 20,
             )?,
+            max_connections_per_ip: match &raw.limits.max_connections_per_ip {
+                Some(v) => Some(self.bounded(
+                    "limits.max_connections_per_ip",
+                    Some(v),
+                    0,
+                    1..=10_000_000,
+                )?),
+                None => None,
+            },
         };
         let log = LogSettings {
             level: raw.log.level.unwrap_or_default(),

@@ -47,6 +47,7 @@ pub struct RawTimeouts {
 pub struct RawLimits {
     pub max_connections: Option<Spanned<u32>>,
     pub max_peek_bytes: Option<Spanned<u32>>,
+    pub max_connections_per_ip: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

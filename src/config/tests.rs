@@ -32,7 +32,8 @@ fn defaults_are_those_of_the_spec() {
         c.limits,
         Limits {
             max_connections: 20_000,
-            max_peek_bytes: 16_384
+            max_peek_bytes: 16_384,
+            max_connections_per_ip: None,
         }
     );
     assert_eq!(
@@ -116,6 +117,11 @@ servers = ["192.168.0.1:80"]
     let c = load_str(text).unwrap();
     assert_eq!(c.listeners.len(), 2);
     assert_eq!(c.metrics, Some("127.0.0.1:9100".parse().unwrap()));
+    let per_ip = format!("[limits]\nmax_connections_per_ip = 50\n{MINIMAL}");
+    assert_eq!(
+        load_str(&per_ip).unwrap().limits.max_connections_per_ip,
+        Some(50)
+    );
     assert_eq!(
         c.pools["rancher_https"].health,
         HealthPolicy {
