@@ -136,25 +136,44 @@ pub fn parse_with(
     path: &Path,
     previous: Option<&Config>,
 ) -> Result<Config, ConfigError> {
-    let ctx = Ctx {
+    Ctx {
         text,
         path,
         previous,
-    };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| match e.span() {
-        Some(span) => ctx.at(span, e.message().to_owned()),
-        None => ctx.file(e.message().to_owned()),
-    })?;
-    ctx.validate(raw)
+        resolve: true,
+    }
+    .parse()
+}
+
+/// Like [`parse`], but never asks a resolver: a server given by name is an
+/// error. For fuzzing and other places that must not touch the network.
+pub fn parse_offline(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    Ctx {
+        text,
+        path,
+        previous: None,
+        resolve: false,
+    }
+    .parse()
 }
 
 struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
     previous: Option<&'a Config>,
+    /// Whether server names may be resolved through the system resolver.
+    resolve: bool,
 }
 
 impl Ctx<'_> {
+    fn parse(&self) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(self.text).map_err(|e| match e.span() {
+            Some(span) => self.at(span, e.message().to_owned()),
+            None => self.file(e.message().to_owned()),
+        })?;
+        self.validate(raw)
+    }
+
     fn at(&self, span: Range<usize>, message: String) -> ConfigError {
         let before = &self.text[..span.start.min(self.text.len())];
         let line = before.matches('\n').count() + 1;
@@ -524,6 +543,9 @@ impl Ctx<'_> {
                 span,
                 format!("server `{addr}` needs a port: write \"host:port\" or \"ip:port\""),
             ));
+        }
+        if !self.resolve {
+            return Err(self.at(span, format!("server `{addr}` would need a DNS lookup")));
         }
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()

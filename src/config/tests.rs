@@ -320,3 +320,16 @@ fn live_state_carries_over_for_servers_that_stay_in_their_pool() {
     assert_eq!(web.servers[0].active(), 0);
     assert_eq!(newer.pools["web"].servers[1].active(), 0);
 }
+
+#[test]
+fn offline_parsing_never_resolves_names() {
+    let text = MINIMAL.replace("\"127.0.0.2:443\"", "\"localhost:443\"");
+    let e = parse_offline(&text, Path::new("t.toml"))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        "t.toml:10:12: server `localhost:443` would need a DNS lookup"
+    );
+    assert!(parse_offline(MINIMAL, Path::new("t.toml")).is_ok());
+}

@@ -201,4 +201,36 @@ mod tests {
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.contains(&format!("Content-Length: {}", body.len())));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any bytes get an answer, never a panic; a name returned is valid.
+            #[test]
+            fn any_bytes_get_an_answer(bytes in vec(any::<u8>(), 0..2048)) {
+                if let Ok(Parse::Complete(Some(name))) = parse(&bytes) {
+                    prop_assert_eq!(HostName::parse(name.as_str().as_bytes()), Some(name));
+                }
+            }
+
+            /// Any Host value: routed as its lowercase host part, or absent when it
+            /// is not a hostname; every proper prefix of the head needs more.
+            #[test]
+            fn any_host_header(host in "[ -~]{0,80}", port in proptest::option::of(any::<u16>())) {
+                let value = match port { Some(p) => format!("{host}:{p}"), None => host.clone() };
+                let head = format!("GET / HTTP/1.1\r\nHost: {value}\r\n\r\n");
+                for end in 0..head.len() {
+                    prop_assert_eq!(parse(&head.as_bytes()[..end]).unwrap(), Parse::Incomplete);
+                }
+                let want = HostName::parse(strip_port(value.trim().as_bytes()));
+                match parse(head.as_bytes()) {
+                    Ok(Parse::Complete(name)) => prop_assert_eq!(name, want),
+                    other => prop_assert!(false, "{other:?} for {head:?}"),
+                }
+            }
+        }
+    }
 }

@@ -238,4 +238,50 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.reason().as_str(), "client_closed");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+            /// Whatever the bytes and however they are segmented, the reader
+            /// never takes more than `max_bytes` from the stream.
+            #[test]
+            fn never_reads_past_the_cap(
+                bytes in vec(any::<u8>(), 0..6000),
+                chunk in 1usize..1500,
+                max in 512usize..4096,
+                tls in any::<bool>(),
+            ) {
+                let protocol = if tls { Protocol::Tls } else { Protocol::Http };
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let consumed = runtime.block_on(async {
+                    let (mut client, mut server) = tokio::io::duplex(chunk);
+                    let total = bytes.len();
+                    // The writer ends (and closes) once everything is written, so a
+                    // reader waiting for more sees EOF instead of a timeout.
+                    let writer = tokio::spawn(async move {
+                        for piece in bytes.chunks(chunk) {
+                            if client.write_all(piece).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let result = peek(&mut server, protocol, max, Duration::from_secs(5)).await;
+                    if let Ok(peeked) = &result {
+                        assert!(peeked.bytes.len() <= max);
+                    }
+                    let mut rest = Vec::new();
+                    let (written, read) = tokio::join!(writer, server.read_to_end(&mut rest));
+                    written.unwrap();
+                    read.unwrap();
+                    total - rest.len()
+                });
+                prop_assert!(consumed <= max, "consumed {consumed} > {max}");
+            }
+        }
+    }
 }

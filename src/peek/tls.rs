@@ -342,4 +342,65 @@ pub(crate) mod tests {
         assert_eq!(UNRECOGNIZED_NAME_ALERT[5], 2);
         assert_eq!(UNRECOGNIZED_NAME_ALERT[6], 112);
     }
+
+    mod properties {
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        /// Lowercase DNS names: 1 to 5 labels of 1 to 20 characters.
+        fn hostname() -> impl Strategy<Value = String> {
+            "[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?(\\.[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?){0,4}"
+        }
+
+        proptest! {
+            /// For any name and any way of cutting the hello into TLS records and
+            /// the bytes into TCP segments: every segment boundary before the end
+            /// needs more, and the whole yields exactly the name built in.
+            #[test]
+            fn any_sni_any_record_and_segment_cuts(
+                name in hostname(),
+                record_cuts in vec(1usize..80, 0..8),
+                segment_cuts in vec(1usize..200, 0..12),
+            ) {
+                let msg = hello_message(&[(0, name.as_bytes())]);
+                let buf = records(&msg, &record_cuts);
+                let mut end = 0;
+                for cut in segment_cuts {
+                    end += cut;
+                    if end >= buf.len() {
+                        break;
+                    }
+                    prop_assert_eq!(parse(&buf[..end]).unwrap(), Parse::Incomplete);
+                }
+                let want = HostName::parse(name.as_bytes()).unwrap();
+                prop_assert_eq!(parse(&buf).unwrap(), Parse::Complete(Some(want)));
+            }
+
+            /// Real hellos cut into records anywhere keep their SNI.
+            #[test]
+            fn real_hellos_split_anywhere(cuts in vec(1usize..600, 0..6), which in 0usize..3) {
+                let (hello, name) = [(CURL, "curl.example.com"), (OPENSSL, "openssl.example.com"), (RUSTLS, "rustls.example.com")][which];
+                let buf = records(&hello[5..], &cuts);
+                prop_assert_eq!(parse(&buf).unwrap(), Parse::Complete(HostName::parse(name.as_bytes())));
+            }
+
+            /// Any bytes get an answer, never a panic; a name returned is valid.
+            #[test]
+            fn any_bytes_get_an_answer(bytes in vec(any::<u8>(), 0..2048)) {
+                if let Ok(Parse::Complete(Some(name))) = parse(&bytes) {
+                    prop_assert_eq!(HostName::parse(name.as_str().as_bytes()), Some(name));
+                }
+            }
+
+            /// Same, for bytes that start like a TLS handshake record.
+            #[test]
+            fn any_bytes_after_a_handshake_header(len in any::<u16>(), body in vec(any::<u8>(), 0..2048)) {
+                let mut bytes = vec![0x16, 0x03, 0x01];
+                bytes.extend_from_slice(&len.to_be_bytes());
+                bytes.extend_from_slice(&body);
+                let _ = parse(&bytes);
+            }
+        }
+    }
 }
