@@ -218,6 +218,12 @@ pub enum Mode {
     Tls,
     /// Keep the connection open, reading and discarding, until the peer closes.
     Hold,
+    /// Accept, then neither read nor write for this long (an upstream that hangs),
+    /// then drain to EOF: `open()` drops once the peer has closed.
+    Stall(Duration),
+    /// Read one chunk, send `bytes` bytes, then die: with a reset if `reset`, else
+    /// a FIN (close).
+    Die { bytes: usize, reset: bool },
 }
 
 /// A real upstream server on `addr`, run on the test's runtime.
@@ -313,6 +319,25 @@ async fn serve(
                 }
                 record(&buf[..n]);
             }
+        }
+        Mode::Stall(pause) => {
+            tokio::time::sleep(pause).await;
+            let mut sink = vec![0; 64 * 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok(())
+        }
+        Mode::Die { bytes, reset } => {
+            // Read what the client sent first: closing with unread input would make
+            // the kernel reset even the "clean" case.
+            let mut hello = vec![0; 64 * 1024];
+            let n = stream.read(&mut hello).await?;
+            record(&hello[..n]);
+            stream.write_all(&vec![b'x'; bytes]).await?;
+            if reset {
+                stream.set_zero_linger()?;
+            }
+            drop(stream);
+            Ok(())
         }
         Mode::Http => {
             let head = read_head(&mut stream).await?;
