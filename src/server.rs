@@ -61,6 +61,12 @@ pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
         tokio::spawn(endpoint::serve(socket, Arc::clone(&metrics), shutdown));
     }
     listeners.start(bound);
+    if running_as_root() {
+        tracing::warn!(
+            "running as root: sniroute needs only CAP_NET_BIND_SERVICE to bind ports below 1024; \
+             run it as an unprivileged user with that capability (the systemd unit does)"
+        );
+    }
     systemd::ready();
     tracing::info!("sniroute {} ready", env!("CARGO_PKG_VERSION"));
 
@@ -114,6 +120,16 @@ pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
     let _ = phase.send(Phase::Closing);
     let _ = tokio::time::timeout(Duration::from_secs(1), connections.all_closed()).await;
     Ok(())
+}
+
+/// Whether the effective user is root, from `/proc/self/status` (no libc needed).
+fn running_as_root() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .is_some_and(|effective| effective == "0")
 }
 
 async fn file_changed(watcher: &mut Option<Watcher>) {
