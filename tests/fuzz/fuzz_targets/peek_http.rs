@@ -8,6 +8,9 @@ use sniroute::peek::{http, Parse};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Parse::Complete(Some(name))) = http::parse(data) {
-        assert_eq!(HostName::parse(name.as_str().as_bytes()).as_ref(), Some(&name));
+        assert_eq!(
+            HostName::parse(name.as_str().as_bytes()).as_ref(),
+            Some(&name)
+        );
     }
 });

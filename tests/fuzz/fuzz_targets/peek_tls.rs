@@ -9,6 +9,9 @@ use sniroute::peek::{tls, Parse};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Parse::Complete(Some(name))) = tls::parse(data) {
-        assert_eq!(HostName::parse(name.as_str().as_bytes()).as_ref(), Some(&name));
+        assert_eq!(
+            HostName::parse(name.as_str().as_bytes()).as_ref(),
+            Some(&name)
+        );
     }
 });
