@@ -25,6 +25,7 @@ pub mod name;
 pub mod peek;
 pub mod pool;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;
 pub mod route;

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, Limits};
+use crate::config::Config;
 use crate::metrics::{ListenerStats, Metrics};
 use crate::proxy::{self, Endpoint, Outcome};
 use crate::shutdown::{Phase, Shutdown};
@@ -75,66 +75,64 @@ pub struct Connections {
     per_client: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Why a connection was refused a slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
-    /// `limits.max_connections` are open.
-    Total,
-    /// `limits.max_connections_per_ip` are open from this client's address.
-    PerClient,
-}
-
 /// One open connection's place in [`Connections`]; given back on drop.
 #[derive(Debug)]
-pub struct Slot {
-    connections: Arc<Connections>,
-    /// Set when the connection also counts against a per-client limit.
-    client: Option<IpAddr>,
-}
+pub struct Slot(Arc<Connections>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(ip) = self.client {
-            let mut per_client = self.connections.per_client();
-            if let Some(n) = per_client.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    per_client.remove(&ip);
-                }
-            }
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_open.notify_waiters();
         }
-        if self.connections.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.connections.none_open.notify_waiters();
+    }
+}
+
+/// One connection's place in the per-client count; given back on drop.
+#[derive(Debug)]
+pub struct ClientSlot {
+    connections: Arc<Connections>,
+    client: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut per_client = self.connections.per_client();
+        if let Some(n) = per_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                per_client.remove(&self.client);
+            }
         }
     }
 }
 
 impl Connections {
-    /// A slot if fewer than `limits.max_connections` are open and, when a
-    /// per-client limit is set, fewer than that from `client`'s address.
-    pub fn try_open(self: &Arc<Self>, limits: &Limits, client: IpAddr) -> Result<Slot, Refused> {
+    /// A slot if fewer than `max` connections are open.
+    pub fn try_open(self: &Arc<Self>, max: usize) -> Option<Slot> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limits.max_connections).then_some(n + 1)
+                (n < max).then_some(n + 1)
             })
-            .map_err(|_| Refused::Total)?;
-        let mut slot = Slot {
-            connections: Arc::clone(self),
-            client: None,
-        };
-        if let Some(max) = limits.max_connections_per_ip {
-            // An IPv4 client on a dual-stack socket is one client, however it is spelled.
-            let ip = client.to_canonical();
-            let mut per_client = self.per_client();
-            let n = per_client.entry(ip).or_default();
-            if *n >= max {
-                drop(per_client);
-                return Err(Refused::PerClient); // `slot` gives back the total count
-            }
-            *n += 1;
-            slot.client = Some(ip);
+            .ok()
+            .map(|_| Slot(Arc::clone(self)))
+    }
+
+    /// A per-client slot if fewer than `max` connections are open from `client`'s
+    /// address. Taken once the client's real address is known (after a PROXY
+    /// header, where there is one).
+    pub fn try_open_client(self: &Arc<Self>, max: usize, client: IpAddr) -> Option<ClientSlot> {
+        // An IPv4 client on a dual-stack socket is one client, however it is spelled.
+        let client = client.to_canonical();
+        let mut per_client = self.per_client();
+        let n = per_client.entry(client).or_default();
+        if *n >= max {
+            return None;
         }
-        Ok(slot)
+        *n += 1;
+        Some(ClientSlot {
+            connections: Arc::clone(self),
+            client,
+        })
     }
 
     fn per_client(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
@@ -265,31 +263,23 @@ async fn accept_loop(
             // Removed by a reload a moment ago; its accept loop is being stopped.
             continue;
         };
-        let slot = match shared.connections.try_open(&config.limits, peer.ip()) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                drop(stream);
-                let (outcome, why) = match refusal {
-                    Refused::Total => (Outcome::OverLimit, "max_connections reached"),
-                    Refused::PerClient => {
-                        (Outcome::OverClientLimit, "max_connections_per_ip reached")
-                    }
-                };
-                stats.closed(outcome);
-                refused += 1;
-                if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                    tracing::warn!(listener = %bind, client = %peer.ip(), refused, "{why}; closing new connections");
-                    last_refusal_log = Some(Instant::now());
-                    refused = 0;
-                }
-                continue;
+        let Some(slot) = shared.connections.try_open(config.limits.max_connections) else {
+            drop(stream);
+            stats.closed(Outcome::OverLimit);
+            refused += 1;
+            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                tracing::warn!(listener = %bind, refused, "max_connections reached; closing new connections");
+                last_refusal_log = Some(Instant::now());
+                refused = 0;
             }
+            continue;
         };
         let endpoint = Endpoint {
             config,
             listener: listener_index,
             bind,
             stats: Arc::clone(&stats),
+            connections: Arc::clone(&shared.connections),
         };
         let shutdown = shared.shutdown.clone();
         tokio::spawn(async move {
@@ -304,47 +294,33 @@ async fn accept_loop(
 mod tests {
     use super::*;
 
-    fn limits(total: usize, per_ip: Option<usize>) -> Limits {
-        Limits {
-            max_connections: total,
-            max_peek_bytes: 16_384,
-            max_connections_per_ip: per_ip,
-        }
-    }
-
     #[test]
     fn total_limit_and_release_on_drop() {
         let c = Arc::new(Connections::default());
-        let l = limits(2, None);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let a = c.try_open(&l, ip).unwrap();
-        let _b = c.try_open(&l, ip).unwrap();
-        assert_eq!(c.try_open(&l, ip).unwrap_err(), Refused::Total);
+        let a = c.try_open(2).unwrap();
+        let _b = c.try_open(2).unwrap();
+        assert!(c.try_open(2).is_none());
         drop(a);
         assert_eq!(c.open(), 1);
-        assert!(c.try_open(&l, ip).is_ok());
+        assert!(c.try_open(2).is_some());
     }
 
     #[test]
     fn per_client_limit_counts_each_address_alone() {
         let c = Arc::new(Connections::default());
-        let l = limits(100, Some(2));
         let one: IpAddr = "192.0.2.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         let other: IpAddr = "2001:db8::1".parse().unwrap();
-        let a = c.try_open(&l, one).unwrap();
-        let _b = c.try_open(&l, mapped).unwrap();
-        assert_eq!(
-            c.try_open(&l, one).unwrap_err(),
-            Refused::PerClient,
+        let a = c.try_open_client(2, one).unwrap();
+        let b = c.try_open_client(2, mapped).unwrap();
+        assert!(
+            c.try_open_client(2, one).is_none(),
             "v4-mapped is the same client"
         );
-        assert_eq!(c.open(), 2, "a refused slot gives its total count back");
-        let _c = c.try_open(&l, other).unwrap();
+        let d = c.try_open_client(2, other).unwrap();
         drop(a);
-        let _d = c.try_open(&l, one).unwrap();
-        drop((_b, _c, _d));
-        assert_eq!(c.open(), 0);
+        let e = c.try_open_client(2, one).unwrap();
+        drop((b, d, e));
         assert!(c.per_client().is_empty(), "entries are removed at zero");
     }
 }

@@ -14,10 +14,14 @@ use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::connect::connect;
+use crate::listener::{ClientSlot, Connections};
 use crate::logging::AccessLog;
 use crate::metrics::ListenerStats;
+use crate::name::HostName;
+use crate::peek::PeekError;
 use crate::peek::{self, http, tls, Protocol};
 use crate::pool::Pool;
+use crate::proxy_protocol::{self, Addresses};
 use crate::relay::{self, relay, Tally};
 use crate::shutdown::{Phase, Shutdown};
 
@@ -30,6 +34,7 @@ pub struct Endpoint {
     /// The address this connection was accepted on.
     pub bind: SocketAddr,
     pub stats: Arc<ListenerStats>,
+    pub connections: Arc<Connections>,
 }
 
 /// How a client connection ended.
@@ -109,7 +114,11 @@ pub async fn handle(
     if let Some(pool) = pool {
         pool.durations.observe(elapsed.as_secs_f64());
     }
-    log.emit(outcome, elapsed);
+    // Refusals at a limit are counted, not logged one by one: under the flood
+    // that causes them, the log would become the bottleneck.
+    if outcome != Outcome::OverClientLimit {
+        log.emit(outcome, elapsed);
+    }
 }
 
 async fn serve<'e>(
@@ -122,24 +131,54 @@ async fn serve<'e>(
     let config = &*endpoint.config;
     let listener = &config.listeners[endpoint.listener];
     client.set_nodelay(true).ok();
+    let mut addresses = Addresses {
+        client: log.client,
+        local: client.local_addr().unwrap_or(endpoint.bind),
+    };
+    let peek_failed = |log: &mut AccessLog, e: PeekError| {
+        let reason = e.reason();
+        tracing::debug!(client = %log.client, listener = %endpoint.bind, reason = reason.as_str(), "peek failed: {e}");
+        endpoint.stats.peek_failed(reason);
+        log.reason = reason.as_str().to_owned();
+        Outcome::PeekFailed
+    };
 
-    let peeked = match peek::peek(
+    // Held to the end of the connection: its place in the per-client count.
+    let mut _client_slot = None;
+    match &listener.proxy_from {
+        Some(from) => {
+            let source = log.client.ip().to_canonical();
+            if !from.iter().any(|net| net.contains(&source)) {
+                return peek_failed(log, PeekError::ProxySource);
+            }
+        }
+        None => match take_client_slot(endpoint, log.client) {
+            Ok(slot) => _client_slot = slot,
+            Err(AtClientLimit) => return Outcome::OverClientLimit,
+        },
+    }
+
+    let mut peeked = match peek::peek(
         client,
         listener.protocol,
         config.limits.max_peek_bytes,
         config.timeouts.peek,
+        listener.proxy_from.is_some(),
     )
     .await
     {
         Ok(peeked) => peeked,
-        Err(e) => {
-            let reason = e.reason();
-            tracing::debug!(client = %log.client, listener = %endpoint.bind, reason = reason.as_str(), "peek failed: {e}");
-            endpoint.stats.peek_failed(reason);
-            log.reason = reason.as_str().to_owned();
-            return Outcome::PeekFailed;
-        }
+        Err(e) => return peek_failed(log, e),
     };
+    if let Some(proxied) = peeked.proxied {
+        // From here on the client is the one the balancer in front spoke for.
+        addresses = proxied;
+        log.client = proxied.client;
+        match take_client_slot(endpoint, log.client) {
+            Ok(slot) => _client_slot = slot,
+            Err(AtClientLimit) => return Outcome::OverClientLimit,
+        }
+    }
     log.host = peeked.name.clone();
 
     let Some(route) = listener.router.route(peeked.name.as_ref()) else {
@@ -165,13 +204,23 @@ async fn serve<'e>(
     log.server = Some(upstream.server.addr);
     let live = upstream.server.live();
 
-    if let Err(e) = upstream.stream.write_all(&peeked.bytes).await {
-        log.reason = format!("replaying the peeked bytes: {e}");
+    // The PROXY header (if the pool wants one) and the peeked bytes, in one write.
+    let head = peeked.bytes.len() as u64;
+    let first = match target_pool.proxy_protocol {
+        Some(send) => {
+            let mut first =
+                proxy_protocol::header(send, addresses, peeked.name.as_ref().map(HostName::as_str));
+            first.extend_from_slice(&peeked.bytes);
+            first
+        }
+        None => std::mem::take(&mut peeked.bytes),
+    };
+    if let Err(e) = upstream.stream.write_all(&first).await {
+        log.reason = format!("sending the peeked bytes: {e}");
         return Outcome::UpstreamError;
     }
-    let head = peeked.bytes.len() as u64;
     live.bytes_up.fetch_add(head, Ordering::Relaxed);
-    drop(peeked);
+    drop((peeked, first));
 
     let tally = Tally {
         up: &live.bytes_up,
@@ -189,6 +238,29 @@ async fn serve<'e>(
     log.bytes_up = head + totals.up;
     log.bytes_down = totals.down;
     totals.end.into()
+}
+
+/// The client is at `max_connections_per_ip`.
+struct AtClientLimit;
+
+/// A place in the per-client count for `client`, if a limit is set (`Ok(None)`
+/// if not). At the limit, a warning says so, at most every 5 s per listener.
+fn take_client_slot(
+    endpoint: &Endpoint,
+    client: SocketAddr,
+) -> Result<Option<ClientSlot>, AtClientLimit> {
+    let Some(max) = endpoint.config.limits.max_connections_per_ip else {
+        return Ok(None);
+    };
+    match endpoint.connections.try_open_client(max, client.ip()) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            if endpoint.stats.should_warn_client_limit() {
+                tracing::warn!(listener = %endpoint.bind, client = %client.ip(), "max_connections_per_ip reached; closing this client's new connections");
+            }
+            Err(AtClientLimit)
+        }
+    }
 }
 
 /// Tells a client without a route why it is refused: a fatal `unrecognized_name`

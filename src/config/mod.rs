@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use toml::Spanned;
 
 pub use raw::{LogFormat, LogLevel};
@@ -23,6 +24,7 @@ use raw::{RawBalance, RawConfig, RawProtocol, RawProxyProtocol, RawUpstream};
 
 use crate::peek::Protocol;
 use crate::pool::{Balance, HealthPolicy, Pool, Server};
+use crate::proxy_protocol;
 use crate::route::{Router, RouterBuilder, DEFAULT_ROUTE};
 
 /// Where sniroute looks without `--config`.
@@ -90,6 +92,9 @@ pub struct Listener {
     pub binds: Vec<SocketAddr>,
     pub protocol: Protocol,
     pub router: Router<Target>,
+    /// With `accept_proxy_protocol`: the sources that may (and must) send a PROXY
+    /// header; connections from anywhere else are closed.
+    pub proxy_from: Option<Vec<IpNet>>,
 }
 
 /// Why a config cannot be used.
@@ -346,10 +351,12 @@ impl Ctx<'_> {
                 RawProtocol::Tls => Protocol::Tls,
                 RawProtocol::Http => Protocol::Http,
             };
+            let proxy_from = self.proxy_from(raw_l)?;
             listeners.push(Listener {
                 binds,
                 protocol,
                 router: router.build(default),
+                proxy_from,
             });
         }
         if let Some(addr) = metrics {
@@ -373,6 +380,32 @@ impl Ctx<'_> {
             pools,
             metrics,
         })
+    }
+
+    /// `accept_proxy_protocol` and `proxy_protocol_from`, which go together.
+    fn proxy_from(&self, l: &raw::RawListener) -> Result<Option<Vec<IpNet>>, ConfigError> {
+        let accept = l.accept_proxy_protocol.as_ref();
+        match (accept.map(|a| *a.get_ref()), &l.proxy_protocol_from) {
+            (None | Some(false), None) => Ok(None),
+            (None | Some(false), Some(from)) => Err(self.at(from.span(), "proxy_protocol_from is set but accept_proxy_protocol is not true: set both, or neither".into())),
+            (Some(true), None) => Err(self.at(accept.map(|a| a.span()).unwrap_or_default(), "accept_proxy_protocol needs proxy_protocol_from: the addresses of the balancers in front, e.g. [\"10.0.0.0/8\"]".into())),
+            (Some(true), Some(from)) => {
+                if from.get_ref().is_empty() {
+                    return Err(self.at(from.span(), "proxy_protocol_from is empty: list the balancers in front, e.g. [\"10.0.0.0/8\"]".into()));
+                }
+                from.get_ref()
+                    .iter()
+                    .map(|net| {
+                        let text = net.get_ref().trim();
+                        text.parse::<IpNet>()
+                            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                            .map(|n| n.trunc())
+                            .map_err(|_| self.at(net.span(), format!("proxy_protocol_from: `{text}` is not an address or CIDR block (e.g. \"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\")")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Some)
+            }
+        }
     }
 
     /// The routed-connection counters of the previous config's listener on the
@@ -453,9 +486,17 @@ impl Ctx<'_> {
 
     fn pool(&self, name: &str, upstream: &Spanned<RawUpstream>) -> Result<Pool, ConfigError> {
         let u = upstream.get_ref();
-        if let Some(pp) = &u.proxy_protocol {
-            if *pp.get_ref() != RawProxyProtocol::Off {
-                return Err(self.at(pp.span(), format!("upstreams.{name}.proxy_protocol: PROXY protocol is not available in this version of sniroute yet; use \"off\"")));
+        let authority = u.proxy_protocol_authority.as_ref();
+        let proxy_protocol = match u.proxy_protocol.as_ref().map(|p| *p.get_ref()) {
+            None | Some(RawProxyProtocol::Off) => None,
+            Some(RawProxyProtocol::V1) => Some(proxy_protocol::Send::V1),
+            Some(RawProxyProtocol::V2) => Some(proxy_protocol::Send::V2 {
+                authority: authority.is_some_and(|a| *a.get_ref()),
+            }),
+        };
+        if let Some(a) = authority {
+            if *a.get_ref() && !matches!(proxy_protocol, Some(proxy_protocol::Send::V2 { .. })) {
+                return Err(self.at(a.span(), format!("upstreams.{name}.proxy_protocol_authority needs proxy_protocol = \"v2\" (v1 has no TLVs)")));
             }
         }
         let health = HealthPolicy {
@@ -520,13 +561,9 @@ impl Ctx<'_> {
             .previous
             .and_then(|p| p.pools.get(name))
             .map_or_else(Pool::new_durations, |p| p.durations.clone());
-        Ok(Pool::new(
-            Arc::from(name),
-            balance,
-            health,
-            servers,
-            durations,
-        ))
+        let mut pool = Pool::new(Arc::from(name), balance, health, servers, durations);
+        pool.proxy_protocol = proxy_protocol;
+        Ok(pool)
     }
 
     /// `ip:port` as is; `name:port` through the system resolver, every address it

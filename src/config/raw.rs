@@ -87,6 +87,8 @@ pub struct RawListener {
     pub default: Option<Spanned<String>>,
     #[serde(default)]
     pub routes: Routes,
+    pub accept_proxy_protocol: Option<Spanned<bool>>,
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -104,6 +106,7 @@ pub struct RawUpstream {
     pub max_fails: Option<u32>,
     pub fail_timeout: Option<Spanned<String>>,
     pub proxy_protocol: Option<Spanned<RawProxyProtocol>>,
+    pub proxy_protocol_authority: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -253,9 +253,75 @@ fn no_listener_or_listener_without_routes_is_invalid() {
 }
 
 #[test]
-fn proxy_protocol_other_than_off_is_refused_for_now() {
-    let text = format!("{MINIMAL}proxy_protocol = \"v2\"\n");
-    assert!(err_with(&text).contains("proxy_protocol: PROXY protocol is not available"));
+fn proxy_protocol_towards_servers() {
+    use crate::proxy_protocol::Send;
+    let pool = |extra: &str| {
+        load_str(&format!("{MINIMAL}{extra}\n")).map(|c| c.pools["web"].proxy_protocol)
+    };
+    assert_eq!(pool(""), Ok(None));
+    assert_eq!(pool("proxy_protocol = \"off\""), Ok(None));
+    assert_eq!(pool("proxy_protocol = \"v1\""), Ok(Some(Send::V1)));
+    assert_eq!(
+        pool("proxy_protocol = \"v2\""),
+        Ok(Some(Send::V2 { authority: false }))
+    );
+    assert_eq!(
+        pool("proxy_protocol = \"v2\"\nproxy_protocol_authority = true"),
+        Ok(Some(Send::V2 { authority: true }))
+    );
+    let e = pool("proxy_protocol = \"v1\"\nproxy_protocol_authority = true").unwrap_err();
+    assert_eq!(e, "t.toml:12:28: upstreams.web.proxy_protocol_authority needs proxy_protocol = \"v2\" (v1 has no TLVs)");
+    let e = pool("proxy_protocol = \"v3\"").unwrap_err();
+    assert!(
+        e.starts_with("t.toml:11:18: unknown variant `v3`, expected one of `off`, `v1`, `v2`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn proxy_protocol_from_balancers_in_front() {
+    let listener = |extra: &str| {
+        let text = MINIMAL.replace(
+            "protocol = \"tls\"",
+            &format!("protocol = \"tls\"\n{extra}"),
+        );
+        load_str(&text).map(|c| c.listeners[0].proxy_from.clone())
+    };
+    assert_eq!(listener(""), Ok(None));
+    let nets = listener("accept_proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::1/32\"]");
+    let nets: Vec<String> = nets
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(nets, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+    let cases = [
+        (
+            "accept_proxy_protocol = true",
+            "t.toml:5:25: accept_proxy_protocol needs proxy_protocol_from",
+        ),
+        (
+            "proxy_protocol_from = [\"10.0.0.0/8\"]",
+            "t.toml:5:23: proxy_protocol_from is set but accept_proxy_protocol is not true",
+        ),
+        (
+            "accept_proxy_protocol = true\nproxy_protocol_from = []",
+            "t.toml:6:23: proxy_protocol_from is empty",
+        ),
+        (
+            "accept_proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/33\"]",
+            "t.toml:6:24: proxy_protocol_from: `10.0.0.0/33` is not an address or CIDR block",
+        ),
+        (
+            "accept_proxy_protocol = true\nproxy_protocol_from = [\"10.0.0/8\"]",
+            "t.toml:6:24: proxy_protocol_from: `10.0.0/8` is not an address or CIDR block",
+        ),
+    ];
+    for (extra, want) in cases {
+        let e = listener(extra).unwrap_err();
+        assert!(e.starts_with(want), "got {e:?}, want {want:?}");
+    }
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::name::HostName;
+use crate::proxy_protocol::{self, Addresses, Parsed};
 
 /// Which parser a listener uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,11 +53,15 @@ pub enum Parse {
     Incomplete,
 }
 
-/// A successful peek: the name, and every byte read, to be replayed upstream.
+/// A successful peek: the name, and every byte read after any PROXY header, to be
+/// replayed upstream.
 #[derive(Debug)]
 pub struct Peeked {
     pub name: Option<HostName>,
     pub bytes: Vec<u8>,
+    /// The client's real addresses, from a PROXY header (when one was expected
+    /// and it named a client).
+    pub proxied: Option<Addresses>,
 }
 
 /// Why a peek failed. The connection is closed and no server is contacted.
@@ -74,6 +79,10 @@ pub enum PeekError {
     Malformed(&'static str),
     #[error("client closed the connection before the hello or request head was complete")]
     ClientClosed,
+    #[error("bad PROXY protocol header: {0}")]
+    ProxyHeader(&'static str),
+    #[error("source address not in the listener's proxy_protocol_from")]
+    ProxySource,
     #[error("read error while peeking: {0}")]
     Io(#[from] io::Error),
 }
@@ -88,10 +97,12 @@ pub enum Reason {
     Malformed,
     ClientClosed,
     ReadError,
+    ProxyHeader,
+    ProxySource,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Timeout,
         Reason::TooLarge,
         Reason::NotTls,
@@ -99,6 +110,8 @@ impl Reason {
         Reason::Malformed,
         Reason::ClientClosed,
         Reason::ReadError,
+        Reason::ProxyHeader,
+        Reason::ProxySource,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +123,8 @@ impl Reason {
             Reason::Malformed => "malformed",
             Reason::ClientClosed => "client_closed",
             Reason::ReadError => "read_error",
+            Reason::ProxyHeader => "proxy_header",
+            Reason::ProxySource => "proxy_source",
         }
     }
 }
@@ -124,19 +139,54 @@ impl PeekError {
             PeekError::Malformed(_) => Reason::Malformed,
             PeekError::ClientClosed => Reason::ClientClosed,
             PeekError::Io(_) => Reason::ReadError,
+            PeekError::ProxyHeader(_) => Reason::ProxyHeader,
+            PeekError::ProxySource => Reason::ProxySource,
         }
     }
 }
 
 /// Reads from `stream` until `protocol`'s parser has a complete head, within
-/// `timeout` and `max_bytes`.
+/// `timeout` for everything and `max_bytes` for the head (and, separately, for a
+/// PROXY header). With `proxy_header`, a PROXY protocol header must come first.
 pub async fn peek<S: AsyncRead + Unpin>(
     stream: &mut S,
     protocol: Protocol,
     max_bytes: usize,
     timeout: Duration,
+    proxy_header: bool,
 ) -> Result<Peeked, PeekError> {
-    tokio::time::timeout(timeout, read_head(stream, protocol, max_bytes))
+    let read = async {
+        let mut buf = Vec::new();
+        let mut proxied = None;
+        if proxy_header {
+            let (addresses, len) =
+                fill(
+                    stream,
+                    &mut buf,
+                    max_bytes,
+                    |b| match proxy_protocol::parse(b)? {
+                        Parsed::Complete { addresses, len } => Ok(Some((addresses, len))),
+                        Parsed::Incomplete => Ok(None),
+                    },
+                )
+                .await?;
+            proxied = addresses;
+            buf.drain(..len);
+        }
+        let name = fill(stream, &mut buf, max_bytes, |b| {
+            match protocol.parse(b)? {
+                Parse::Complete(name) => Ok(Some(name)),
+                Parse::Incomplete => Ok(None),
+            }
+        })
+        .await?;
+        Ok(Peeked {
+            name,
+            bytes: buf,
+            proxied,
+        })
+    };
+    tokio::time::timeout(timeout, read)
         .await
         .unwrap_or(Err(PeekError::Timeout))
 }
@@ -144,12 +194,20 @@ pub async fn peek<S: AsyncRead + Unpin>(
 /// Most hellos fit in one read of this size; larger ones grow the buffer up to the cap.
 const READ_CHUNK: usize = 2048;
 
-async fn read_head<S: AsyncRead + Unpin>(
+/// Reads into `buf` until `parse` (which sees all of `buf` each time) returns a
+/// value, never letting `buf` grow past `max_bytes`. `buf` may already hold
+/// bytes (what followed a PROXY header in the same read).
+async fn fill<S: AsyncRead + Unpin, T>(
     stream: &mut S,
-    protocol: Protocol,
+    buf: &mut Vec<u8>,
     max_bytes: usize,
-) -> Result<Peeked, PeekError> {
-    let mut buf = Vec::new();
+    parse: impl Fn(&[u8]) -> Result<Option<T>, PeekError>,
+) -> Result<T, PeekError> {
+    if !buf.is_empty() {
+        if let Some(done) = parse(buf)? {
+            return Ok(done);
+        }
+    }
     loop {
         // The cap is on the length, never the capacity: we read at most `max_bytes`.
         let room = max_bytes.saturating_sub(buf.len());
@@ -163,9 +221,8 @@ async fn read_head<S: AsyncRead + Unpin>(
         if n == 0 {
             return Err(PeekError::ClientClosed);
         }
-        match protocol.parse(&buf)? {
-            Parse::Complete(name) => return Ok(Peeked { name, bytes: buf }),
-            Parse::Incomplete => continue,
+        if let Some(done) = parse(buf)? {
+            return Ok(done);
         }
     }
 }
@@ -186,20 +243,82 @@ mod tests {
             }
             client
         });
-        let peeked = peek(&mut server, Protocol::Tls, 16384, Duration::from_secs(5))
-            .await
-            .unwrap();
+        let peeked = peek(
+            &mut server,
+            Protocol::Tls,
+            16384,
+            Duration::from_secs(5),
+            false,
+        )
+        .await
+        .unwrap();
         assert_eq!(peeked.name.unwrap().as_str(), "curl.example.com");
         assert_eq!(peeked.bytes, HELLO);
         drop(writer.await.unwrap());
     }
 
     #[tokio::test]
+    async fn a_proxy_header_in_pieces_then_the_hello_in_the_same_read() {
+        let header = b"PROXY TCP4 203.0.113.9 198.51.100.1 56324 443\r\n";
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(HELLO);
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client.write_all(&bytes[..10]).await.unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            client.write_all(&bytes[10..]).await.unwrap();
+            client
+        });
+        let peeked = peek(
+            &mut server,
+            Protocol::Tls,
+            16384,
+            Duration::from_secs(5),
+            true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            peeked.bytes, HELLO,
+            "the header is not replayed as client bytes"
+        );
+        assert_eq!(peeked.name.unwrap().as_str(), "curl.example.com");
+        let p = peeked.proxied.unwrap();
+        assert_eq!(
+            (p.client.to_string(), p.local.to_string()),
+            ("203.0.113.9:56324".into(), "198.51.100.1:443".into())
+        );
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_missing_proxy_header_is_refused() {
+        let (mut client, mut server) = tokio::io::duplex(1 << 16);
+        client.write_all(HELLO).await.unwrap();
+        let err = peek(
+            &mut server,
+            Protocol::Tls,
+            16384,
+            Duration::from_secs(5),
+            true,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.reason().as_str(), "proxy_header");
+    }
+
+    #[tokio::test]
     async fn silent_client_times_out() {
         let (_client, mut server) = tokio::io::duplex(64);
-        let err = peek(&mut server, Protocol::Tls, 16384, Duration::from_millis(50))
-            .await
-            .unwrap_err();
+        let err = peek(
+            &mut server,
+            Protocol::Tls,
+            16384,
+            Duration::from_millis(50),
+            false,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason().as_str(), "timeout");
     }
 
@@ -210,9 +329,15 @@ mod tests {
         let mut big = vec![0x16, 0x03, 0x01, 0x40, 0x00, 0x01, 0x00, 0x3f, 0xfb];
         big.resize(20_000, 0);
         client.write_all(&big).await.unwrap();
-        let err = peek(&mut server, Protocol::Tls, 1000, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = peek(
+            &mut server,
+            Protocol::Tls,
+            1000,
+            Duration::from_secs(5),
+            false,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason().as_str(), "too_large");
         // Exactly max_bytes were consumed from the stream.
         let mut rest = vec![0; 20_000];
@@ -233,9 +358,15 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(1 << 16);
         client.write_all(&HELLO[..100]).await.unwrap();
         drop(client);
-        let err = peek(&mut server, Protocol::Tls, 16384, Duration::from_secs(5))
-            .await
-            .unwrap_err();
+        let err = peek(
+            &mut server,
+            Protocol::Tls,
+            16384,
+            Duration::from_secs(5),
+            false,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason().as_str(), "client_closed");
     }
 
@@ -270,7 +401,7 @@ mod tests {
                             }
                         }
                     });
-                    let result = peek(&mut server, protocol, max, Duration::from_secs(5)).await;
+                    let result = peek(&mut server, protocol, max, Duration::from_secs(5), false).await;
                     if let Ok(peeked) = &result {
                         assert!(peeked.bytes.len() <= max);
                     }

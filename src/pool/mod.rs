@@ -19,6 +19,8 @@ use std::time::Instant;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 pub use balance::Balance;
+
+use crate::proxy_protocol;
 pub use health::HealthPolicy;
 use health::{Health, Transition};
 
@@ -120,6 +122,8 @@ pub struct Pool {
     pub servers: Vec<Server>,
     /// How long connections through this pool lasted; kept across reloads.
     pub durations: Histogram,
+    /// The PROXY protocol header its servers expect, if any.
+    pub proxy_protocol: Option<proxy_protocol::Send>,
     /// Smooth weighted round-robin scores, one per server. Locked only for the
     /// few additions of one pick, never across an await.
     scores: Mutex<Vec<i64>>,
@@ -158,6 +162,7 @@ impl Pool {
             health,
             servers,
             durations,
+            proxy_protocol: None,
             scores,
         }
     }
