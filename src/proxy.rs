@@ -229,7 +229,7 @@ async fn serve<'e>(
     let closing = shutdown.reached(Phase::Closing);
     let totals = relay(
         client,
-        &mut upstream.stream,
+        &upstream.stream,
         config.timeouts.idle,
         tally,
         closing,

@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use crate::config::Config;
 use crate::listener::{self, BindError, Connections, Listeners, Shared};
 use crate::metrics::{endpoint, Metrics};
+use crate::relay::Engine;
 use crate::reload::{Reloader, Trigger, Watcher};
 use crate::shutdown::{self, Phase};
 use crate::systemd;
@@ -68,7 +69,11 @@ pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
         );
     }
     systemd::ready();
-    tracing::info!("sniroute {} ready", env!("CARGO_PKG_VERSION"));
+    tracing::info!(
+        relay = %Engine::detect().as_str(),
+        "sniroute {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
 
     let mut watcher = if options.watch {
         Watcher::new(&options.path)

@@ -31,10 +31,26 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn eight_mib_each_way_byte_exact_and_half_close_forwarded() {
+async fn eight_mib_each_way_byte_exact_and_half_close_forwarded_with_splice() {
+    eight_mib_each_way("splice").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_mib_each_way_byte_exact_and_half_close_forwarded_with_copy() {
+    eight_mib_each_way("copy").await;
+}
+
+/// 8 MiB each way through the given relay engine, byte-exact, then a half-close
+/// round trip (our FIN reaches the server, which answers and closes).
+async fn eight_mib_each_way(engine: &str) {
     let echo = Upstream::start("127.0.0.2", "echo", Mode::Echo).await;
     let listen = free_addr("127.0.0.1");
-    let proxy = Sniroute::start(&config(listen, echo.addr, ""));
+    let opts = Opts {
+        env: vec![("SNIROUTE_RELAY".into(), engine.into())],
+        ..Opts::default()
+    };
+    let proxy = Sniroute::start_with(&config(listen, echo.addr, ""), opts);
+    proxy.wait_log(&format!("relay={engine}"));
     let mut sent = CURL_HELLO.to_vec();
     sent.extend_from_slice(&noise(8 << 20, 42));
     let want = Sha256::digest(&sent);

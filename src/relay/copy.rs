@@ -1,0 +1,49 @@
+//! The portable engine: read into a buffer, write it out.
+//!
+//! The buffer exists only while the socket has data: it is allocated when the
+//! socket turns readable and dropped once a read would block, so an idle
+//! connection holds no buffer at all.
+
+use std::io;
+
+use super::{Direction, Side};
+
+const BUF_SIZE: usize = 16 * 1024;
+
+pub(super) async fn run(d: &Direction<'_>) -> Result<(), Side> {
+    loop {
+        d.from.readable().await.map_err(|_| d.from_side)?;
+        let mut buf = vec![0u8; BUF_SIZE];
+        loop {
+            match d.from.try_read(&mut buf) {
+                Ok(0) => {
+                    d.forward_eof();
+                    return Ok(());
+                }
+                Ok(n) => {
+                    write_all(d, &buf[..n]).await?;
+                    d.moved(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(d.from_side),
+            }
+        }
+    }
+}
+
+async fn write_all(d: &Direction<'_>, mut bytes: &[u8]) -> Result<(), Side> {
+    while !bytes.is_empty() {
+        d.to.writable().await.map_err(|_| d.to_side())?;
+        match d.to.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return Err(d.to_side()),
+        }
+    }
+    Ok(())
+}

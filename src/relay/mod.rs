@@ -1,0 +1,233 @@
+//! Pass-through: move bytes both ways until both directions are done.
+//!
+//! Each direction runs on its own: EOF from one side is forwarded as a write
+//! shutdown (half-close) while the other direction keeps going; an error on
+//! either side ends both (a reset peer cannot be half-open). The idle timer
+//! restarts on any byte in either direction; byte counts live outside the
+//! direction futures so they survive an idle or shutdown abort.
+//!
+//! Two interchangeable engines move the bytes of one direction: [`splice`]
+//! (Linux `splice(2)` through a pipe, zero-copy) and [`copy`] (read into a buffer
+//! and write it out, anywhere). [`Engine::detect`] picks splice where the kernel
+//! has it; a direction falls back to copy if splice is refused before any byte
+//! moved. Neither holds a buffer while a connection is idle: copy allocates its
+//! buffer when the socket turns readable and frees it when the socket runs dry,
+//! and a splice pipe holds pages only while bytes sit in it.
+
+mod copy;
+mod splice;
+
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both directions saw EOF.
+    Closed,
+    /// No byte either way for `timeouts.idle`.
+    Idle,
+    /// A read or write failed (reset, broken pipe) on the client side.
+    ClientError,
+    /// A read or write failed on the upstream side.
+    UpstreamError,
+    /// Cut at the end of the shutdown drain.
+    Shutdown,
+}
+
+/// Bytes moved and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Totals {
+    /// Client → server, not counting the replayed head.
+    pub up: u64,
+    /// Server → client.
+    pub down: u64,
+    pub end: End,
+}
+
+/// Counters outside the relay that follow its traffic live (a server's totals).
+#[derive(Debug, Clone, Copy)]
+pub struct Tally<'a> {
+    pub up: &'a AtomicU64,
+    pub down: &'a AtomicU64,
+}
+
+/// What moves the bytes of one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Splice,
+    Copy,
+}
+
+/// The engine chosen for this process; `UNSET` until first asked.
+static ENGINE: AtomicU8 = AtomicU8::new(UNSET);
+const UNSET: u8 = 0;
+const SPLICE: u8 = 1;
+const COPY: u8 = 2;
+
+impl Engine {
+    /// Splice where the kernel supports it, unless `SNIROUTE_RELAY=copy` asks for
+    /// the portable engine (for comparisons and troubleshooting). Decided once.
+    pub fn detect() -> Engine {
+        match ENGINE.load(Ordering::Relaxed) {
+            SPLICE => Engine::Splice,
+            COPY => Engine::Copy,
+            _ => {
+                let forced_copy = std::env::var("SNIROUTE_RELAY").is_ok_and(|v| v == "copy");
+                let engine = if !forced_copy && splice::supported() {
+                    Engine::Splice
+                } else {
+                    Engine::Copy
+                };
+                ENGINE.store(
+                    if engine == Engine::Splice {
+                        SPLICE
+                    } else {
+                        COPY
+                    },
+                    Ordering::Relaxed,
+                );
+                engine
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Splice => "splice",
+            Engine::Copy => "copy",
+        }
+    }
+}
+
+/// Which socket an I/O error came from.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+/// The state both directions share: when the last byte moved.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// One direction: `from` → `to`, adding each chunk to `counts`.
+struct Direction<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    counts: [&'a AtomicU64; 2],
+    activity: &'a Activity,
+    /// The side `from` is; errors writing `to` are the other side's.
+    from_side: Side,
+}
+
+impl Direction<'_> {
+    fn moved(&self, n: usize) {
+        for count in self.counts {
+            count.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        self.activity.touch();
+    }
+
+    fn to_side(&self) -> Side {
+        match self.from_side {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
+
+    /// EOF from `from`: forward it as a half-close. The peer may be gone already,
+    /// which is fine.
+    fn forward_eof(&self) {
+        let _: io::Result<()> = socket2::SockRef::from(self.to).shutdown(std::net::Shutdown::Write);
+    }
+
+    async fn run(&self, engine: Engine) -> Result<(), Side> {
+        if engine == Engine::Splice {
+            match splice::run(self).await {
+                Err(splice::Error::Unsupported) => {
+                    // Nothing moved yet: the copy engine takes over cleanly.
+                    ENGINE.store(COPY, Ordering::Relaxed);
+                    tracing::warn!(
+                        "splice(2) refused by the kernel; relaying with buffered copies"
+                    );
+                }
+                Err(splice::Error::Side(side)) => return Err(side),
+                Ok(()) => return Ok(()),
+            }
+        }
+        copy::run(self).await
+    }
+}
+
+/// Relays between `client` and `upstream` until both directions are closed, an
+/// error occurs, nothing moves for `idle`, or `stop` resolves.
+pub async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    idle: Duration,
+    tally: Tally<'_>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Totals {
+    let engine = Engine::detect();
+    let activity = Activity {
+        start: Instant::now(),
+        last_ms: AtomicU64::new(0),
+    };
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let to_upstream = Direction {
+        from: client,
+        to: upstream,
+        counts: [&up, tally.up],
+        activity: &activity,
+        from_side: Side::Client,
+    };
+    let to_client = Direction {
+        from: upstream,
+        to: client,
+        counts: [&down, tally.down],
+        activity: &activity,
+        from_side: Side::Upstream,
+    };
+    let both = async { tokio::try_join!(to_upstream.run(engine), to_client.run(engine)) };
+    let watchdog = async {
+        loop {
+            let deadline = activity.last() + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let end = tokio::select! {
+        result = both => match result {
+            Ok(_) => End::Closed,
+            Err(Side::Client) => End::ClientError,
+            Err(Side::Upstream) => End::UpstreamError,
+        },
+        () = watchdog => End::Idle,
+        () = stop => End::Shutdown,
+    };
+    Totals {
+        up: up.load(Ordering::Relaxed),
+        down: down.load(Ordering::Relaxed),
+        end,
+    }
+}

@@ -1,0 +1,157 @@
+//! The zero-copy engine: `splice(2)` socket → pipe → socket, Linux only.
+//!
+//! Bytes go from the source socket into a pipe and from the pipe into the
+//! destination socket without ever being copied into user space. The pipe is
+//! the only buffer; it is created on the first byte, and holds memory only
+//! while bytes sit in it. Readiness comes from tokio (`readable` / `writable`
+//! and `try_io`, which clears readiness on `EAGAIN`); the calls are
+//! non-blocking.
+//!
+//! This is the crate's only `unsafe`, in [`sys`]: two libc calls on file
+//! descriptors that this module owns ([`Pipe`]) or borrows from a live
+//! `TcpStream` for the duration of the call.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use tokio::io::Interest;
+
+use super::{Direction, Side};
+
+/// Bytes asked of one splice call: a default pipe's capacity.
+const CHUNK: usize = 64 * 1024;
+
+pub(super) enum Error {
+    /// The kernel refused splice for these descriptors before any byte moved:
+    /// the caller may fall back to copying.
+    Unsupported,
+    /// An I/O error on that side: the relay ends.
+    Side(Side),
+}
+
+/// Whether this kernel has splice and pipes we can use (one probe, at start).
+pub(super) fn supported() -> bool {
+    cfg!(target_os = "linux") && Pipe::new().is_ok()
+}
+
+/// A non-blocking pipe, closed on drop.
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = sys::pipe()?;
+        Ok(Pipe { read, write })
+    }
+}
+
+pub(super) async fn run(d: &Direction<'_>) -> Result<(), Error> {
+    // The pipe is made when the first bytes (or EOF) arrive, not before.
+    d.from
+        .readable()
+        .await
+        .map_err(|_| Error::Side(d.from_side))?;
+    let pipe = Pipe::new().map_err(|_| Error::Unsupported)?;
+    let (from, to) = (d.from.as_raw_fd(), d.to.as_raw_fd());
+    let mut moved_any = false;
+    loop {
+        let filled = d.from.try_io(Interest::READABLE, || {
+            sys::splice(from, pipe.write.as_raw_fd(), CHUNK)
+        });
+        let mut in_pipe = match filled {
+            Ok(0) => {
+                d.forward_eof();
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                d.from
+                    .readable()
+                    .await
+                    .map_err(|_| Error::Side(d.from_side))?;
+                continue;
+            }
+            Err(e) if !moved_any && refused(&e) => return Err(Error::Unsupported),
+            Err(_) => return Err(Error::Side(d.from_side)),
+        };
+        moved_any = true;
+        // Drain the pipe completely before reading again: it is never left holding
+        // bytes that the next read would have to wait behind.
+        while in_pipe > 0 {
+            match d.to.try_io(Interest::WRITABLE, || {
+                sys::splice(pipe.read.as_raw_fd(), to, in_pipe)
+            }) {
+                Ok(n) => {
+                    in_pipe -= n;
+                    d.moved(n);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    d.to.writable()
+                        .await
+                        .map_err(|_| Error::Side(d.to_side()))?;
+                }
+                Err(_) => return Err(Error::Side(d.to_side())),
+            }
+        }
+    }
+}
+
+/// Errors that mean "splice does not work here", not "this connection failed".
+fn refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+    )
+}
+
+mod sys {
+    use std::io;
+    use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+    /// `pipe2(O_NONBLOCK | O_CLOEXEC)`.
+    pub(super) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid, writable array of two ints, as pipe2 requires.
+        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: on success pipe2 returned two new descriptors that nothing else
+        // owns; each is wrapped exactly once, so each is closed exactly once.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+
+    /// One non-blocking `splice(2)` of up to `len` bytes from `from` to `to`.
+    pub(super) fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+        // SAFETY: both descriptors are open for the whole call: the callers pass a
+        // descriptor of a `TcpStream` they borrow and one of a `Pipe` they borrow.
+        // Null offsets are what splice requires for sockets and pipes. No memory
+        // of ours is read or written by the kernel.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+}
