@@ -514,7 +514,7 @@ impl<'a> Translator<'a> {
             }
         }
         // nginx tries the longest trailing wildcard first; regexes go in file order.
-        tails.sort_by(|a, b| b.0.cmp(&a.0));
+        tails.sort_by_key(|t| std::cmp::Reverse(t.0));
         l.routes.extend(names);
         l.routes.extend(tails.into_iter().map(|(_, r)| r));
         l.routes.extend(regexes);

@@ -308,7 +308,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             dir.path().join("conf.d/a.conf"),
-            "upstream a { include ../servers; }\n",
+            "upstream a { include servers; }\n",
         )
         .unwrap();
         std::fs::write(dir.path().join("conf.d/.hidden.conf"), "broken {").unwrap();
@@ -322,8 +322,8 @@ mod tests {
         let stream = tree[0].block.as_ref().unwrap();
         let names: Vec<String> = stream.iter().map(|d| d.text()).collect();
         assert_eq!(names, ["upstream a", "upstream b"]);
-        // `../servers` is relative to the main file's directory, as in nginx:
-        // conf.d/../servers does not exist, so this proves the base, not the includer.
+        // `servers` is relative to the main file's directory, as in nginx, not to
+        // the including file's: there is no conf.d/servers.
         let server = &stream[0].block.as_ref().unwrap()[0];
         assert_eq!(server.text(), "server 10.0.0.1:1");
         assert!(server.at.file.ends_with("servers"), "{}", server.at);
