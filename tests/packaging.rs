@@ -45,7 +45,10 @@ fn the_unit_checks_then_runs_the_default_config_as_the_sniroute_user() {
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX".to_owned(),
         "SystemCallFilter=@system-service".to_owned(),
     ] {
-        assert!(lines.contains(&expected.as_str()), "no {expected:?} in the unit");
+        assert!(
+            lines.contains(&expected.as_str()),
+            "no {expected:?} in the unit"
+        );
     }
     // notify-reload must come after notify: older systemd ignores the line it
     // does not know and keeps the one before.
