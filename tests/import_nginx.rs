@@ -330,7 +330,10 @@ stream {{
         "{toml}"
     );
     assert!(toml.contains(r"# ~^Caps\.example\.org$ ("), "{toml}");
-    assert!(toml.contains("so this route never matches now"), "{toml}");
+    assert!(
+        toml.contains("sniroute matches the lowercased name, so they never match now"),
+        "{toml}"
+    );
     assert!(
         toml.contains(
             "sniroute lowercases names first, so they now also match names sent in upper case"

@@ -443,8 +443,8 @@ impl<'a> Translator<'a> {
                 }
                 if has_upper_literal(re) {
                     l.notes.push(format!(
-                        "{key} ({at}) has upper-case letters: nginx matched `~` case-sensitively on the name as\n\
-                         sent, sniroute matches the lowercased name, so this route never matches now"
+                        "{key} ({at}) has upper-case letters: nginx matched them when a client sent the\n\
+                         name in upper case; sniroute matches the lowercased name, so they never match now"
                     ));
                 } else if !case_note {
                     case_note = true;
@@ -770,11 +770,12 @@ fn regex_error(err: &regex::Error) -> String {
     format!("not a regex sniroute's engine accepts ({last})")
 }
 
-/// Whether the regex has an upper-case letter that must match literally (not
-/// one of the escapes `\D`, `\S`, `\W`, `\B`, `\A`, `\Z`, `\P{…}`, nor inside `{…}`).
+/// Whether the regex has an upper-case letter to match literally: not an escape
+/// (`\S`, `\D`, `\P{…}`), not inside `{…}`, and not in a `[…]` class, where
+/// `[A-Za-z]` still matches lowercase names.
 fn has_upper_literal(re: &str) -> bool {
     let mut chars = re.chars();
-    let mut in_braces = false;
+    let (mut in_braces, mut in_class) = (false, false);
     while let Some(c) = chars.next() {
         match c {
             '\\' => {
@@ -782,7 +783,9 @@ fn has_upper_literal(re: &str) -> bool {
             }
             '{' => in_braces = true,
             '}' => in_braces = false,
-            c if c.is_ascii_uppercase() && !in_braces => return true,
+            '[' => in_class = true,
+            ']' => in_class = false,
+            c if c.is_ascii_uppercase() && !in_braces && !in_class => return true,
             _ => {}
         }
     }
