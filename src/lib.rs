@@ -13,11 +13,13 @@
 //!
 //! [`proxy`] strings these together for one connection; [`server`] runs the
 //! listeners, [`reload`] and the shutdown; [`config`] turns the TOML into the
-//! immutable tables all of this reads.
+//! immutable tables all of this reads. [`import`] translates an nginx `stream {}`
+//! config into sniroute's (`sniroute import-nginx`).
 
 pub mod config;
 pub mod connect;
 pub mod explain;
+pub mod import;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -1,18 +1,25 @@
 //! The `sniroute` command: parse arguments, load the config, then run it, check
-//! it or explain it. Errors end here, as one line on stderr and exit code 1.
+//! it or explain it; or translate an nginx config (`import-nginx`). Errors end
+//! here, as one line on stderr and exit code 1.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
-use sniroute::{config, explain, logging, server};
+use sniroute::{config, explain, import, logging, server};
 
 /// Layer-4 load balancer: routes TLS by SNI and HTTP by Host to upstream pools,
 /// without terminating anything.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+// A subcommand stands alone: `--config`, `--check` and the rest belong to running.
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 struct Cli {
     /// Config file (TOML).
     #[arg(short, long, value_name = "FILE", default_value = config::DEFAULT_PATH)]
@@ -29,6 +36,20 @@ struct Cli {
     /// Do not reload when the config file changes (SIGHUP still reloads).
     #[arg(long)]
     no_watch: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Translate the `stream {}` block of an nginx config (and its includes)
+    /// into a sniroute config, printed on stdout. Comments name every nginx
+    /// directive (file:line) that was not carried over.
+    ImportNginx {
+        /// The nginx config, usually /etc/nginx/nginx.conf.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,6 +64,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::ImportNginx { file }) = &cli.command {
+        return import_nginx(file);
+    }
     let text = config::read(&cli.config)?;
     let config = config::parse(&text, &cli.config)?;
     if cli.check {
@@ -75,6 +99,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(server::run(config, options))?;
     // Connections still open after the drain are cut here, not awaited.
     runtime.shutdown_background();
+    Ok(())
+}
+
+fn import_nginx(file: &std::path::Path) -> anyhow::Result<()> {
+    let imported = import::nginx_file(file)?;
+    print(&imported.toml);
+    eprintln!(
+        "sniroute: translated {} listener(s) and {} upstream(s) from {}; {} directive(s) not translated (see the comments). Check the result with: sniroute --config FILE --check",
+        imported.listeners,
+        imported.upstreams,
+        file.display(),
+        imported.not_translated
+    );
     Ok(())
 }
 

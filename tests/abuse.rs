@@ -89,8 +89,14 @@ async fn slowloris_is_closed_at_the_peek_timeout_while_others_are_served() {
         elapsed >= peek && elapsed < peek + Duration::from_secs(8),
         "{elapsed:?}"
     );
-    let log = proxy.wait_log("reason=timeout");
-    assert_eq!(log.matches("outcome=peek_failed reason=timeout").count(), n);
+    let timeouts = || {
+        proxy
+            .log()
+            .matches("outcome=peek_failed reason=timeout")
+            .count()
+    };
+    let logged = poll(DEADLINE, || Some(timeouts()).filter(|c| *c == n));
+    assert_eq!(logged, Some(n), "{} peek timeouts logged", timeouts());
     assert_eq!(up.accepted(), 20);
 }
 

@@ -3,6 +3,8 @@
 //! and every wait has a deadline.
 #![allow(dead_code)]
 
+pub mod nginx;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -477,3 +479,36 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 
 /// A real ClientHello captured from curl, SNI `curl.example.com`.
 pub const CURL_HELLO: &[u8] = include_bytes!("../fixtures/hello/curl.bin");
+
+/// A minimal TLS 1.2 ClientHello asking for `sni` (none: no server_name
+/// extension). `nonce` fills the start of the client random, so that every
+/// hello is unique and an upstream that receives it can be told apart.
+pub fn client_hello(sni: Option<&str>, nonce: u64) -> Vec<u8> {
+    let mut extensions = Vec::new();
+    if let Some(name) = sni {
+        let name = name.as_bytes();
+        let list = 3 + name.len();
+        extensions.extend(0u16.to_be_bytes()); // server_name
+        extensions.extend(u16::try_from(list + 2).unwrap().to_be_bytes());
+        extensions.extend(u16::try_from(list).unwrap().to_be_bytes());
+        extensions.push(0); // host_name
+        extensions.extend(u16::try_from(name.len()).unwrap().to_be_bytes());
+        extensions.extend(name);
+    }
+    let mut random = [0u8; 32];
+    random[..8].copy_from_slice(&nonce.to_be_bytes());
+    let mut hello = vec![0x03, 0x03]; // TLS 1.2
+    hello.extend(random);
+    hello.push(0); // no session id
+    hello.extend([0x00, 0x02, 0xc0, 0x2f]); // one suite: ECDHE-RSA-AES128-GCM-SHA256
+    hello.extend([0x01, 0x00]); // null compression
+    hello.extend(u16::try_from(extensions.len()).unwrap().to_be_bytes());
+    hello.extend(extensions);
+    let mut handshake = vec![0x01]; // ClientHello
+    handshake.extend(&u32::try_from(hello.len()).unwrap().to_be_bytes()[1..]);
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(u16::try_from(handshake.len()).unwrap().to_be_bytes());
+    record.extend(handshake);
+    record
+}

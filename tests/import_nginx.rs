@@ -1,0 +1,445 @@
+//! `sniroute import-nginx` against the real nginx: the same nginx config runs in
+//! nginx and, imported, in sniroute; the same clients must reach the same
+//! upstreams through both (or be refused by both), apart from the differences
+//! the import writes down as comments.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use common::nginx::{load_stream_module, Nginx};
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// What a client sends.
+#[derive(Clone, Copy, Debug)]
+enum Probe<'a> {
+    /// A TLS ClientHello with this SNI (or none).
+    Tls(Option<&'a str>),
+    /// An HTTP/1.1 request head with this Host.
+    Http(&'a str),
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(1);
+
+/// Where one connection went: the name of the upstream that received exactly
+/// the bytes sent, or `None` if the proxy closed or answered by itself.
+async fn route(proxy: SocketAddr, probe: Probe<'_>, upstreams: &[&Upstream]) -> Option<String> {
+    let nonce = NONCE.fetch_add(1, Ordering::SeqCst);
+    let bytes = match probe {
+        Probe::Tls(sni) => client_hello(sni, nonce),
+        Probe::Http(host) => {
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nX-Probe: {nonce}\r\n\r\n").into_bytes()
+        }
+    };
+    let received = |bytes: &[u8]| {
+        upstreams
+            .iter()
+            .find(|u| u.received.lock().unwrap().iter().any(|r| r == bytes))
+            .map(|u| u.name.clone())
+    };
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    loop {
+        if let Some(name) = received(&bytes) {
+            return Some(name);
+        }
+        // The upstreams never write, so anything from the proxy (a close, a TLS
+        // alert, a 421) means it did not forward this connection.
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(20), stream.read(&mut buf)).await;
+        if read.is_ok() {
+            assert_eq!(received(&bytes), None, "{probe:?} answered and forwarded");
+            return None;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{probe:?} to {proxy}: no outcome"
+        );
+    }
+}
+
+/// The pool of an upstream named `pool#n`.
+fn pool(upstream: Option<String>) -> Option<String> {
+    upstream.map(|u| u.split('#').next().unwrap_or_default().to_owned())
+}
+
+/// Runs every probe against every address, in order; returns the pools reached.
+async fn routes(
+    addrs: &[SocketAddr],
+    probes: &[Probe<'_>],
+    upstreams: &[&Upstream],
+) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        for probe in probes {
+            out.push(pool(route(*addr, *probe, upstreams).await));
+        }
+    }
+    out
+}
+
+/// Imports `dir/nginx.conf` with the real binary; checks the result passes
+/// `--check`; returns its text.
+fn import(dir: &Path) -> String {
+    let conf = dir.join("nginx.conf");
+    let (code, toml, err) = run_cli(&["import-nginx", conf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.starts_with("sniroute: translated "), "{err}");
+    let path = dir.join("imported.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let (code, out, err) = run_cli(&["--config", path.to_str().unwrap(), "--check"]);
+    assert_eq!(code, 0, "imported config fails --check: {err}\n{toml}");
+    assert!(
+        out.starts_with(&format!("{}: OK\n", path.display())),
+        "{out}"
+    );
+    toml
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Starts `n` upstreams named `pool#1..n` on 127.0.0.x, x from `first_ip`.
+async fn nodes(pool: &str, first_ip: u8, n: u8) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let ip = format!("127.0.0.{}", first_ip + i);
+        out.push(Upstream::start(&ip, &format!("{pool}#{}", i + 1), Mode::Hold).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_rke2_clusters_route_the_same_in_nginx_and_sniroute() {
+    // Cluster A: three nodes, :443 and :80. Cluster B: two nodes and a backup.
+    // A lone legacy server reached by address only.
+    let a_https = nodes("a_https", 2, 3).await;
+    let a_http = nodes("a_http", 2, 3).await;
+    let b_https = nodes("b_https", 5, 3).await;
+    let legacy = nodes("legacy", 8, 1).await;
+    let server = |u: &Upstream| u.addr.to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let (tls_port, http_port) = (free_port("127.0.0.1"), free_port("127.0.0.1"));
+    let tls = [
+        SocketAddr::from(([127, 0, 0, 1], tls_port)),
+        format!("[::1]:{tls_port}").parse().unwrap(),
+    ];
+    let http = [
+        SocketAddr::from(([127, 0, 0, 1], http_port)),
+        format!("[::1]:{http_port}").parse().unwrap(),
+    ];
+    write(
+        dir.path(),
+        "nginx.conf",
+        &format!(
+            "{}\nworker_processes 1;\nevents {{ worker_connections 512; }}\n\nstream {{\n    include streams.d/*.conf;\n}}\n",
+            load_stream_module()
+        ),
+    );
+    write(
+        dir.path(),
+        "streams.d/rke2.conf",
+        &format!(
+            r#"map $ssl_preread_server_name $rke2_https {{
+    hostnames;
+    include maps/https.map;
+}}
+
+upstream a_https {{
+    least_conn;
+    server {} max_fails=3 fail_timeout=5s;
+    server {} max_fails=3 fail_timeout=5s;
+    server {} max_fails=3 fail_timeout=5s;
+}}
+upstream a_http {{
+    least_conn;
+    server {} max_fails=3 fail_timeout=5s;
+    server {} max_fails=3 fail_timeout=5s;
+    server {} max_fails=3 fail_timeout=5s;
+}}
+upstream b_https {{
+    server {} weight=2;
+    server {};
+    server {} backup;
+}}
+
+server {{
+    listen {};
+    listen {};
+    ssl_preread on;
+    proxy_pass $rke2_https;
+    proxy_connect_timeout 2s;
+}}
+server {{
+    listen {};
+    listen {};
+    proxy_pass a_http;
+}}
+"#,
+            server(&a_https[0]),
+            server(&a_https[1]),
+            server(&a_https[2]),
+            server(&a_http[0]),
+            server(&a_http[1]),
+            server(&a_http[2]),
+            server(&b_https[0]),
+            server(&b_https[1]),
+            server(&b_https[2]),
+            tls[0],
+            tls[1],
+            http[0],
+            http[1],
+        ),
+    );
+    write(
+        dir.path(),
+        "maps/https.map",
+        &format!(
+            r#"default                          a_https;
+rancher.example.com              a_https;
+*.apps.example.com               a_https;
+.cluster-b.example.net           b_https;
+*.apps.b.example.com             b_https;
+www.example.*                    b_https;
+~^argo-[a-z0-9]+\.example\.com$  b_https;
+~*^grafana\.                     b_https;
+legacy.example.com               {};
+"#,
+            server(&legacy[0])
+        ),
+    );
+    let toml = import(dir.path());
+    assert!(toml.contains("protocol = \"http\""), "{toml}");
+    assert!(
+        toml.contains("from www.example.*: sniroute has no trailing wildcards"),
+        "{toml}"
+    );
+
+    use Probe::*;
+    let tls_probes = [
+        Tls(Some("rancher.example.com")),
+        Tls(Some("Rancher.Example.COM")),
+        Tls(Some("web.apps.example.com")),
+        Tls(Some("x.y.apps.example.com")),
+        Tls(Some("apps.b.example.com")),
+        Tls(Some("web.apps.b.example.com")),
+        Tls(Some("cluster-b.example.net")),
+        Tls(Some("deep.x.cluster-b.example.net")),
+        Tls(Some("www.example.org")),
+        Tls(Some("www.example.co.uk")),
+        Tls(Some("wwwx.example.org")),
+        Tls(Some("argo-cd.example.com")),
+        Tls(Some("argo-.example.com")),
+        Tls(Some("GRAFANA.example.com")),
+        Tls(Some("grafana.example.com")),
+        Tls(Some("legacy.example.com")),
+        Tls(Some("unknown.example.org")),
+        Tls(None),
+    ];
+    let expected_tls = [
+        "a_https", "a_https", "a_https", "a_https", "a_https", "b_https", "b_https", "b_https",
+        "b_https", "b_https", "a_https", "b_https", "a_https", "b_https", "b_https", "legacy",
+        "a_https", "a_https",
+    ];
+    let http_probes = [Http("rancher.example.com"), Http("anything.example.org")];
+    let all: Vec<&Upstream> = [&a_https, &a_http, &b_https, &legacy]
+        .into_iter()
+        .flatten()
+        .collect();
+
+    let nginx = Nginx::start(dir.path(), &[tls[0], tls[1], http[0], http[1]]);
+    let nginx_tls = routes(&tls, &tls_probes, &all).await;
+    let nginx_http = routes(&http, &http_probes, &all).await;
+    drop(nginx);
+
+    let proxy = Sniroute::start(&toml);
+    let sniroute_tls = routes(&tls, &tls_probes, &all).await;
+    let sniroute_http = routes(&http, &http_probes, &all).await;
+
+    let expected: Vec<Option<String>> = expected_tls
+        .iter()
+        .chain(expected_tls.iter())
+        .map(|p| Some((*p).to_owned()))
+        .collect();
+    assert_eq!(nginx_tls, expected, "nginx");
+    assert_eq!(sniroute_tls, expected, "sniroute\n{}", proxy.log());
+    let expected_http = vec![Some("a_http".to_owned()); 4];
+    assert_eq!(nginx_http, expected_http, "nginx");
+    assert_eq!(sniroute_http, expected_http, "sniroute\n{}", proxy.log());
+    // nginx and sniroute both keep the backup idle while the primaries are up.
+    assert_eq!(b_https[2].accepted(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_default_both_refuse_unknown_names_and_case_differences_are_the_documented_ones()
+{
+    let api = nodes("api", 2, 2).await;
+    let web = nodes("web", 4, 1).await;
+    let db = nodes("db", 5, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr("127.0.0.1");
+    write(
+        dir.path(),
+        "nginx.conf",
+        &format!(
+            r#"{}
+events {{}}
+stream {{
+    map $ssl_preread_server_name $backend {{
+        hostnames;
+        api.example.com               api;
+        *.example.com                 web;
+        ~^Caps\.example\.org$         web;
+        "~^db-[0-9]{{1,3}}\.example\.org$" {};
+    }}
+    upstream api {{
+        server {};
+        server {};
+    }}
+    upstream web {{ server {}; }}
+    server {{
+        listen {listen};
+        ssl_preread on;
+        preread_timeout 5s;
+        proxy_pass $backend;
+    }}
+}}
+"#,
+            load_stream_module(),
+            db[0].addr,
+            api[0].addr,
+            api[1].addr,
+            web[0].addr,
+        ),
+    );
+    let toml = import(dir.path());
+    // The two meaning changes this test shows are written into the config.
+    assert!(toml.contains("# map $backend ("), "{toml}");
+    assert!(
+        toml.contains(") has no default: nginx closed connections for names it"),
+        "{toml}"
+    );
+    assert!(toml.contains(r"# ~^Caps\.example\.org$ ("), "{toml}");
+    assert!(
+        toml.contains("sniroute matches the lowercased name, so they never match now"),
+        "{toml}"
+    );
+    assert!(
+        toml.contains(
+            "sniroute lowercases names first, so they now also match names sent in upper case"
+        ),
+        "{toml}"
+    );
+
+    use Probe::*;
+    let probes = [
+        Tls(Some("api.example.com")),
+        Tls(Some("www.example.com")),
+        Tls(Some("a.b.example.com")),
+        Tls(Some("example.com")),
+        Tls(Some("unknown.example.org")),
+        Tls(None),
+        Tls(Some("db-12.example.org")),
+        Tls(Some("DB-12.example.org")),
+        Tls(Some("Caps.example.org")),
+    ];
+    let all: Vec<&Upstream> = [&api, &web, &db].into_iter().flatten().collect();
+
+    let nginx = Nginx::start(dir.path(), &[listen]);
+    let nginx_routes = routes(&[listen], &probes, &all).await;
+    drop(nginx);
+    let proxy = Sniroute::start(&toml);
+    let sniroute_routes = routes(&[listen], &probes, &all).await;
+
+    let some = |p: &str| Some(p.to_owned());
+    let same = [
+        some("api"),
+        some("web"),
+        some("web"),
+        None,
+        None,
+        None,
+        some("db"),
+    ];
+    // nginx's `~` regexes see the name as sent; sniroute's see it lowercased.
+    let nginx_rest = [None, some("web")];
+    let sniroute_rest = [some("db"), None];
+    assert_eq!(nginx_routes, [&same[..], &nginx_rest[..]].concat(), "nginx");
+    assert_eq!(
+        sniroute_routes,
+        [&same[..], &sniroute_rest[..]].concat(),
+        "sniroute\n{}",
+        proxy.log()
+    );
+    // Refused names reached no server: api saw its one probe through each proxy.
+    assert_eq!(api[0].accepted() + api[1].accepted(), 2);
+}
+
+#[test]
+fn import_errors_name_the_file_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("nginx.conf");
+    let (code, out, err) = run_cli(&["import-nginx", conf.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.starts_with(&format!(
+            "sniroute: error: cannot read {}: ",
+            conf.display()
+        )),
+        "{err}"
+    );
+
+    std::fs::write(&conf, "events {}\nhttp {\n  server { listen 80; }\n}\n").unwrap();
+    let (code, out, err) = run_cli(&["import-nginx", conf.to_str().unwrap()]);
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert_eq!(
+        err,
+        format!("sniroute: error: {}: no `stream {{}}` block (also none in its includes): sniroute replaces nginx's stream module, so there is nothing to translate\n", conf.display())
+    );
+
+    std::fs::write(&conf, "stream {\n  server {\n    listen 443;\n").unwrap();
+    let (code, _, err) = run_cli(&["import-nginx", conf.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        format!(
+            "sniroute: error: {}:3: unexpected end of file: a `}}` is missing\n",
+            conf.display()
+        )
+    );
+}
+
+#[test]
+fn import_nginx_stands_alone_and_leaves_the_other_flags_as_they_were() {
+    let (code, _, err) = run_cli(&["--config", "x.toml", "import-nginx", "nginx.conf"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("the subcommand 'import-nginx' cannot be used with '--config <FILE>'"),
+        "{err}"
+    );
+    let (code, out, _) = run_cli(&["--version"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, concat!("sniroute ", env!("CARGO_PKG_VERSION"), "\n"))
+    );
+    let (code, out, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("\nUsage: sniroute [OPTIONS]\n       sniroute <COMMAND>\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  import-nginx  Translate the `stream {}` block"),
+        "{out}"
+    );
+}
