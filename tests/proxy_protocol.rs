@@ -5,8 +5,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -15,59 +13,28 @@ use tokio::net::{TcpSocket, TcpStream};
 
 /// A real nginx whose stream server on `listen` expects a PROXY header (v1 or v2)
 /// and answers `<client addr> <client port>` from it.
-struct Nginx {
-    child: Child,
+struct Consumer {
+    _nginx: nginx::Nginx,
     _dir: tempfile::TempDir,
     listen: SocketAddr,
 }
 
-impl Nginx {
-    fn start() -> Nginx {
+impl Consumer {
+    fn start() -> Consumer {
         let dir = tempfile::tempdir().unwrap();
         let listen = free_addr("127.0.0.2");
-        let module = [
-            "/usr/lib/nginx/modules/ngx_stream_module.so",
-            "/usr/share/nginx/modules/ngx_stream_module.so",
-        ]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .map(|p| format!("load_module {p};"))
-        .unwrap_or_default(); // built in
         let conf = format!(
-            "{module}\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr;\nevents {{ worker_connections 64; }}\n\
+            "{}\nevents {{ worker_connections 64; }}\n\
              stream {{ server {{ listen {listen} proxy_protocol; \
              return \"$proxy_protocol_addr $proxy_protocol_port\\n\"; }} }}\n",
-            d = dir.path().display()
+            nginx::load_stream_module()
         );
-        let path: PathBuf = dir.path().join("nginx.conf");
-        std::fs::write(&path, conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&path)
-            .args(["-e", "stderr", "-g", "daemon off;"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx must be installed (with the stream module)");
-        poll(DEADLINE, || std::net::TcpStream::connect(listen).ok()).expect("nginx did not start");
-        Nginx {
-            child,
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let nginx = nginx::Nginx::start(dir.path(), &[listen]);
+        Consumer {
+            _nginx: nginx,
             _dir: dir,
             listen,
-        }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM, not SIGKILL: the master must take its workers down with it.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        if poll(DEADLINE, || self.child.try_wait().ok().flatten()).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }
@@ -109,7 +76,7 @@ async fn ask(proxy: SocketAddr, from: Option<&str>, first: &[u8]) -> (SocketAddr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_sees_the_real_client_for_v1_and_v2_over_ipv4_and_ipv6() {
-    let nginx = Nginx::start();
+    let nginx = Consumer::start();
     for version in ["v1", "v2"] {
         let (v4, v6) = (free_addr("127.0.0.1"), free_addr("::1"));
         // A dead server first: the header goes with the attempt that connects.
@@ -187,7 +154,7 @@ fn v2_from_balancer() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_balancer_the_client_comes_from_its_header_and_is_passed_on() {
-    let nginx = Nginx::start();
+    let nginx = Consumer::start();
     let listen = free_addr("127.0.0.1");
     let proxy = Sniroute::start(&pool_config(
         &[listen],

@@ -2,13 +2,12 @@
 //! with the program it replaces. nginx must be installed with its stream module
 //! (Debian/Ubuntu: `apt-get install nginx libnginx-mod-stream`).
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use super::{poll, DEADLINE};
+use super::{capture, poll, DEADLINE};
 
 /// The line a config needs first so that `stream {}` exists: a `load_module` of
 /// the stream module when this nginx has it as a dynamic module (Debian), or
@@ -74,17 +73,7 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let log = capture(child.stderr.take().unwrap());
         let mut nginx = Nginx { child, log };
         for addr in ready {
             let up = poll(DEADLINE, || {
