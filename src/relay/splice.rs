@@ -108,11 +108,12 @@ pub(super) async fn run(d: &Direction<'_>) -> Result<(), Error> {
     }
 }
 
-/// Errors that mean "splice does not work here", not "this connection failed".
+/// Errors that mean "splice does not work here", not "this connection failed":
+/// an old or unusual kernel, or a seccomp filter that denies the call.
 fn refused(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM)
     )
 }
 
