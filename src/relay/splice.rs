@@ -2,10 +2,12 @@
 //!
 //! Bytes go from the source socket into a pipe and from the pipe into the
 //! destination socket without ever being copied into user space. The pipe is
-//! the only buffer; it is created on the first byte, and holds memory only
-//! while bytes sit in it. Readiness comes from tokio (`readable` / `writable`
-//! and `try_io`, which clears readiness on `EAGAIN`); the calls are
-//! non-blocking.
+//! the only buffer, and a direction holds one only while bytes flow: it takes
+//! an empty pipe from a process-wide pool when its socket turns readable and
+//! gives it back, empty, when the socket runs dry. An idle connection therefore
+//! holds no pipe (no descriptors, no pipe memory), and a busy one does not pay
+//! for creating pipes. Readiness comes from tokio (`readable` / `writable` and
+//! `try_io`, which clears readiness on `EAGAIN`); every call is non-blocking.
 //!
 //! This is the crate's only `unsafe`, in [`sys`]: two libc calls on file
 //! descriptors that this module owns ([`Pipe`]) or borrows from a live
@@ -13,6 +15,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Mutex, PoisonError};
 
 use tokio::io::Interest;
 
@@ -20,6 +23,9 @@ use super::{Direction, Side};
 
 /// Bytes asked of one splice call: a default pipe's capacity.
 const CHUNK: usize = 64 * 1024;
+
+/// Empty pipes kept for reuse; beyond this many, returned pipes are closed.
+const POOL_MAX: usize = 64;
 
 pub(super) enum Error {
     /// The kernel refused splice for these descriptors before any byte moved:
@@ -31,7 +37,7 @@ pub(super) enum Error {
 
 /// Whether this kernel has splice and pipes we can use (one probe, at start).
 pub(super) fn supported() -> bool {
-    cfg!(target_os = "linux") && Pipe::new().is_ok()
+    cfg!(target_os = "linux") && Pipe::new().map(give_back).is_ok()
 }
 
 /// A non-blocking pipe, closed on drop.
@@ -47,43 +53,74 @@ impl Pipe {
     }
 }
 
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+/// An empty pipe: from the pool, or a new one.
+fn take() -> io::Result<Pipe> {
+    let pooled = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    pooled.map_or_else(Pipe::new, Ok)
+}
+
+/// Returns an empty pipe to the pool (or closes it when the pool is full).
+fn give_back(pipe: Pipe) {
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    if pool.len() < POOL_MAX {
+        pool.push(pipe);
+    }
+}
+
 pub(super) async fn run(d: &Direction<'_>) -> Result<(), Error> {
-    // The pipe is made when the first bytes (or EOF) arrive, not before.
-    d.from
-        .readable()
-        .await
-        .map_err(|_| Error::Side(d.from_side))?;
-    let pipe = Pipe::new().map_err(|_| Error::Unsupported)?;
     let (from, to) = (d.from.as_raw_fd(), d.to.as_raw_fd());
     let mut moved_any = false;
+    loop {
+        d.from
+            .readable()
+            .await
+            .map_err(|_| Error::Side(d.from_side))?;
+        let pipe = take().map_err(|_| Error::Unsupported)?;
+        // Move bytes until the source runs dry; the pipe is empty whenever this
+        // returns, except on an error, when it is dropped (closed) instead.
+        match burst(d, &pipe, from, to, &mut moved_any).await {
+            Ok(Burst::Dry) => give_back(pipe),
+            Ok(Burst::Eof) => {
+                give_back(pipe);
+                d.forward_eof();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+enum Burst {
+    /// The source would block: wait for it again.
+    Dry,
+    /// The source closed its sending side.
+    Eof,
+}
+
+async fn burst(
+    d: &Direction<'_>,
+    pipe: &Pipe,
+    from: i32,
+    to: i32,
+    moved_any: &mut bool,
+) -> Result<Burst, Error> {
     loop {
         let filled = d.from.try_io(Interest::READABLE, || {
             sys::splice(from, pipe.write.as_raw_fd(), CHUNK)
         });
         let mut in_pipe = match filled {
-            Ok(0) => {
-                d.forward_eof();
-                return Ok(());
-            }
+            Ok(0) => return Ok(Burst::Eof),
             Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                d.from
-                    .readable()
-                    .await
-                    .map_err(|_| Error::Side(d.from_side))?;
-                continue;
-            }
-            Err(e) if !moved_any && refused(&e) => return Err(Error::Unsupported),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Dry),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if !*moved_any && refused(&e) => return Err(Error::Unsupported),
             Err(_) => return Err(Error::Side(d.from_side)),
         };
-        moved_any = true;
-        // Drain the pipe completely before reading again: it is never left holding
-        // bytes that the next read would have to wait behind.
+        *moved_any = true;
+        // Drain the pipe completely before reading again: it never holds bytes
+        // that the next read would have to wait behind.
         while in_pipe > 0 {
             match d.to.try_io(Interest::WRITABLE, || {
                 sys::splice(pipe.read.as_raw_fd(), to, in_pipe)
