@@ -11,8 +11,8 @@
 //! and write it out, anywhere). [`Engine::detect`] picks splice where the kernel
 //! has it; a direction falls back to copy if splice is refused before any byte
 //! moved. Neither holds a buffer while a connection is idle: copy allocates its
-//! buffer when the socket turns readable and frees it when the socket runs dry,
-//! and a splice pipe holds pages only while bytes sit in it.
+//! buffer when the socket turns readable and frees it when the socket runs dry;
+//! splice takes a pipe from a small pool at the same moment and gives it back.
 
 mod copy;
 mod splice;
