@@ -245,14 +245,17 @@ impl Diff {
     }
 }
 
-/// bind address → protocol
+/// bind address → protocol and PROXY protocol sources
 fn listeners(c: &Config) -> BTreeMap<String, String> {
     c.listeners
         .iter()
         .flat_map(|l| {
-            l.binds
-                .iter()
-                .map(move |b| (b.to_string(), l.protocol.as_str().to_owned()))
+            l.binds.iter().map(move |b| {
+                (
+                    b.to_string(),
+                    format!("{} {:?}", l.protocol.as_str(), l.proxy_from),
+                )
+            })
         })
         .collect()
 }
@@ -269,7 +272,10 @@ fn pools(c: &Config) -> BTreeMap<String, String> {
                 .collect();
             (
                 p.name.to_string(),
-                format!("{:?} {:?} {servers:?}", p.balance, p.health),
+                format!(
+                    "{:?} {:?} {:?} {servers:?}",
+                    p.balance, p.health, p.proxy_protocol
+                ),
             )
         })
         .collect()
@@ -368,5 +374,13 @@ servers = ["127.0.0.3:443"]
              routes ~1 [127.0.0.1:1443 b.example.com]"
         );
         assert_eq!(Diff::between(&old, &parse(BASE)).to_string(), "no changes");
+        let proxied = BASE.replace(
+            "servers = [\"127.0.0.3:443\"]",
+            "servers = [\"127.0.0.3:443\"]\nproxy_protocol = \"v2\"",
+        );
+        assert_eq!(
+            Diff::between(&old, &parse(&proxied)).to_string(),
+            "pools ~1 [b]"
+        );
     }
 }
