@@ -5,6 +5,9 @@
 //! Chromium one is a modern browser hello of 2,023 bytes whose X25519MLKEM768 key
 //! share alone is 1,216 bytes; curl's is a classic 517-byte hello.
 
+// Each bench uses a subset of these.
+#![allow(dead_code)]
+
 /// Headless Chromium 156: GREASE, ECH GREASE, X25519MLKEM768 + X25519 key shares.
 pub const CHROMIUM: &[u8] = include_bytes!("../../tests/fixtures/hello/chromium.bin");
 /// The SNI inside [`CHROMIUM`].
@@ -18,7 +21,6 @@ pub const CURL_SNI: &str = "curl.example.com";
 /// size, with the original record header's type and version on each. This is
 /// what a client does when its hello outgrows one record, and the case HAProxy's
 /// `req_ssl_sni` gets wrong.
-#[allow(dead_code)] // only the micro-benchmarks use it
 pub fn split_into_records(hello: &[u8], parts: usize) -> Vec<u8> {
     let (header, body) = hello.split_at(5);
     let declared = usize::from(u16::from_be_bytes([header[3], header[4]]));
