@@ -153,7 +153,9 @@ impl Latencies {
 
 /// Starts `op(i)` at `rate` per second for `run`, whether or not earlier ones
 /// have finished (open loop, so a slow proxy cannot slow the schedule and hide
-/// its own delay). Latency runs from the scheduled start to the end of the op.
+/// its own delay). Each op is a new connection of its own, so nothing queues
+/// in front of it: latency runs from the moment the op starts to its end,
+/// which leaves out how late the timer woke us (up to a millisecond).
 pub async fn open_loop<F, Fut>(rate: f64, run: Duration, op: F) -> Latencies
 where
     F: Fn(usize) -> Fut + Clone + Send + Sync + 'static,
@@ -167,8 +169,9 @@ where
         tokio::time::sleep_until(at).await;
         let op = op.clone();
         tasks.push(tokio::spawn(async move {
+            let began = Instant::now();
             match timeout(OP_TIMEOUT, op(i)).await {
-                Ok(Ok(())) => Some(at.elapsed()),
+                Ok(Ok(())) => Some(began.elapsed()),
                 _ => None,
             }
         }));
@@ -191,7 +194,9 @@ async fn collect(tasks: Vec<tokio::task::JoinHandle<Option<Duration>>>) -> Laten
 /// Request/response latency on `conns` kept-alive replayed connections: in
 /// turn, at `rate` per second overall, each asks for `RESPONSE` bytes and
 /// waits for them. Measures what the relay adds to a round trip, without
-/// connection setup.
+/// connection setup. Latency runs from the scheduled time when the previous
+/// exchange on the connection was still running then (the wait is the
+/// proxy's doing), else from the actual send (the timer's lateness is ours).
 pub async fn keepalive_latency(
     hello: Arc<[u8]>,
     addrs: &[SocketAddr],
@@ -220,15 +225,23 @@ pub async fn keepalive_latency(
             tokio::spawn(async move {
                 let mut out = Vec::new();
                 let mut buf = vec![0u8; RESPONSE];
+                let mut previous_end = start;
                 for i in (c..count).step_by(conns) {
                     let at = start + Duration::from_secs_f64(i as f64 / rate);
                     tokio::time::sleep_until(at).await;
+                    let began = if previous_end > at {
+                        at
+                    } else {
+                        Instant::now()
+                    };
                     let exchange = async {
                         stream.write_all(&(RESPONSE as u64).to_be_bytes()).await?;
                         stream.read_exact(&mut buf).await
                     };
-                    match timeout(OP_TIMEOUT, exchange).await {
-                        Ok(Ok(_)) => out.push(Some(at.elapsed())),
+                    let result = timeout(OP_TIMEOUT, exchange).await;
+                    previous_end = Instant::now();
+                    match result {
+                        Ok(Ok(_)) => out.push(Some(previous_end - began)),
                         // The stream is unusable after an error: count the rest as errors.
                         _ => {
                             out.extend((i..count).step_by(conns).map(|_| None));

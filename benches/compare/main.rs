@@ -294,7 +294,23 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         procfs::cpu_model(),
         procfs::kernel()
     );
+    let loadavg = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default();
     println!("date:      {date}");
+    println!("load avg:  {loadavg} (before the run)");
+    if loadavg
+        .split(' ')
+        .next()
+        .and_then(|l| l.parse::<f64>().ok())
+        .is_some_and(|l| l > 0.5)
+    {
+        eprintln!(
+            "warning: the machine is already busy (load average {loadavg}); other work shares \
+             the cores with the proxies and the numbers will be noisy (see the \
+             'rest of the machine' rows)"
+        );
+    }
     println!("machine:   {machine}");
     println!("versions:  {versions}");
     println!(
@@ -354,6 +370,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
 
     let header = serde_json::json!({
         "date": date,
+        "load_average_before": loadavg,
         "machine": { "cpus": cpus(), "cpu_model": procfs::cpu_model(), "kernel": procfs::kernel(),
                      "summary": machine },
         "versions": versions,
