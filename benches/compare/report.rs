@@ -159,6 +159,8 @@ pub struct Results {
     samples: BTreeMap<&'static str, BTreeMap<&'static str, Vec<f64>>>,
     /// Failed operations per peer and case, summed over repetitions.
     pub errors: BTreeMap<String, u64>,
+    /// Measurements kept although other work disturbed them (case/peer).
+    pub noisy: Vec<String>,
 }
 
 impl Results {
@@ -172,6 +174,24 @@ impl Results {
                 .or_default()
                 .push(value);
         }
+    }
+
+    /// Adds everything `other` holds.
+    pub fn merge(&mut self, other: Results) {
+        for (key, peers) in other.samples {
+            for (peer, values) in peers {
+                self.samples
+                    .entry(key)
+                    .or_default()
+                    .entry(peer)
+                    .or_default()
+                    .extend(values);
+            }
+        }
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+        self.noisy.extend(other.noisy);
     }
 
     pub fn add_errors(&mut self, case: &str, peer: Peer, n: u64) {
@@ -323,7 +343,12 @@ impl Results {
                 })
             })
             .collect();
-        serde_json::json!({ "run": header, "metrics": metrics, "errors": self.errors })
+        serde_json::json!({
+            "run": header,
+            "metrics": metrics,
+            "errors": self.errors,
+            "noisy_measurements": self.noisy,
+        })
     }
 
     /// One bar panel per scored metric (absolute medians, one bar per peer).
