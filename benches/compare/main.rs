@@ -149,6 +149,26 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
+/// The commit the bench was built from, `-dirty` with uncommitted changes.
+fn git_commit() -> Option<String> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("git")
+        .args(["-C", dir, "rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let commit = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let dirty = Command::new("git")
+        .args(["-C", dir, "status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    Some(if dirty {
+        format!("{commit}-dirty")
+    } else {
+        commit
+    })
+}
+
 /// CPUs of the machine, read once before this process pins itself to one.
 fn cpus() -> usize {
     static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -223,11 +243,15 @@ fn main() {
         std::fs::write(&md, results.markdown()).expect("write table.md");
         let svg = settings.out.join("compare.svg");
         let subtitle = format!(
-            "{}; {} x {} s per case; {}; nginx {}, {}",
+            "{}; {} x {} s per case; {}; {} ({}), {}, HAProxy {}",
             header["date"].as_str().unwrap_or("?"),
             header["reps"],
             header["seconds_per_case"],
             header["machine"]["summary"].as_str().unwrap_or("?"),
+            header["versions"]["sniroute"].as_str().unwrap_or("-"),
+            header["versions"]["sniroute_commit"]
+                .as_str()
+                .unwrap_or("-"),
             header["versions"]["nginx"].as_str().unwrap_or("-"),
             header["versions"]["haproxy"].as_str().unwrap_or("-"),
         );
@@ -296,8 +320,10 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
     let versions = serde_json::json!({
         "sniroute": peers::version(env!("CARGO_BIN_EXE_sniroute"), "--version"),
         "nginx": peers::version("nginx", "-v").map(|v| v.trim_start_matches("nginx version: ").to_owned()),
+        // "HAProxy version 2.6.12-1+deb12u4 2026/10/17 - https://..."
         "haproxy": peers::version("haproxy", "-v")
-            .map(|v| v.split(" - ").next().unwrap_or(&v).trim().to_owned()),
+            .map(|v| v.split_whitespace().nth(2).unwrap_or(&v).to_owned()),
+        "sniroute_commit": git_commit(),
         "rustc": peers::version("rustc", "--version"),
     });
     let date = Command::new("date")

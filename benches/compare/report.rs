@@ -311,6 +311,22 @@ impl Results {
                 ratio(Peer::Direct),
             ));
         }
+        out.push_str(
+            "\nWhere the CPU went (diagnostics, % of one core; the proxy runs alone on one core, \
+             the load generator and the servers on the other):\n\n\
+             | during | core | direct | sniroute | nginx | haproxy |\n|---|---|--:|--:|--:|--:|\n",
+        );
+        for m in METRICS.iter().filter(|m| is_diagnostic(m.key)) {
+            let cell = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
+            let (core, during) = m.title.split_once(" during ").unwrap_or((m.title, ""));
+            out.push_str(&format!(
+                "| {during} | {core} | {} | {} | {} | {} |\n",
+                cell(self.median(m.key, Peer::Direct)),
+                cell(self.median(m.key, Peer::Sniroute)),
+                cell(self.median(m.key, Peer::Nginx)),
+                cell(self.median(m.key, Peer::Haproxy)),
+            ));
+        }
         out
     }
 
@@ -404,11 +420,12 @@ impl Results {
                 .margin(8)
                 .x_label_area_size(22)
                 .y_label_area_size(52)
-                .build_cartesian_2d((0..bars.len() as i32).into_segmented(), 0f64..top)?;
+                .build_cartesian_2d((0..bars.len() as i32 - 1).into_segmented(), 0f64..top)?;
             let names: Vec<&str> = bars.iter().map(|b| b.0.name()).collect();
             chart
                 .configure_mesh()
                 .disable_x_mesh()
+                .light_line_style(WHITE)
                 .y_labels(5)
                 .y_label_formatter(&|v| fmt_value(*v))
                 .x_label_formatter(&|v| match v {
