@@ -341,17 +341,18 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default();
     println!("date:      {date}");
-    println!("load avg:  {loadavg} (before the run)");
-    if loadavg
-        .split(' ')
-        .next()
-        .and_then(|l| l.parse::<f64>().ok())
-        .is_some_and(|l| l > 0.5)
-    {
+    // How busy is the machine before we start? (The load average still
+    // remembers the build that preceded this run; a 1 s sample does not.)
+    let idle_check = procfs::machine_busy();
+    let idle_since = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy_before = 100.0 * (procfs::machine_busy().saturating_sub(idle_check)).as_secs_f64()
+        / idle_since.elapsed().as_secs_f64();
+    println!("busy:      {busy_before:.0}% of a core before the run (load average {loadavg})");
+    if busy_before > NOISE_LIMIT / 2.0 {
         eprintln!(
-            "warning: the machine is already busy (load average {loadavg}); other work shares \
-             the cores with the proxies and the numbers will be noisy (see the \
-             'rest of the machine' rows)"
+            "warning: other work keeps the machine busy ({busy_before:.0}% of a core); it \
+             shares the cores with the proxies, so measurements may be repeated or noisy"
         );
     }
     println!("machine:   {machine}");
@@ -414,6 +415,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
     let header = serde_json::json!({
         "date": date,
         "load_average_before": loadavg,
+        "machine_busy_before_percent": busy_before,
         "machine": { "cpus": cpus(), "cpu_model": procfs::cpu_model(), "kernel": procfs::kernel(),
                      "summary": machine },
         "versions": versions,
