@@ -1,11 +1,11 @@
 //! Side-by-side load test: sniroute, nginx stream and HAProxy, and the direct
 //! path, measured in the same run on loopback.
 //!
-//! `cargo bench --bench compare` (full run, about 10 minutes on 2 cores), or
-//! with `SNIROUTE_BENCH_SMOKE=1` a smoke run of about a minute that only shows
+//! `cargo bench --bench compare` (full run, about 7 minutes on 2 cores), or
+//! with `SNIROUTE_BENCH_SMOKE=1` a smoke run of about 40 s that only shows
 //! the harness works end to end (its numbers mean little). It prints a table of
-//! medians and ratios and writes `results.json` and `compare.svg` to
-//! `target/bench-compare/`. It installs nothing: a missing nginx, nginx stream
+//! medians and ratios and writes `results.json`, `table.md` and `compare.svg`
+//! to `target/bench-compare/`. It installs nothing: a missing nginx, nginx stream
 //! module, HAProxy or taskset is named and that part is skipped (or the run
 //! fails, with `SNIROUTE_BENCH_REQUIRE_PEERS=1`).
 //!
@@ -34,21 +34,23 @@
 //! (e.g. `bulk,idle`), `SNIROUTE_BENCH_OUT` (output directory),
 //! `SNIROUTE_BENCH_REQUIRE_PEERS=1`.
 
+mod cases;
 mod load;
 mod peers;
 mod procfs;
 mod report;
+mod tls;
 mod upstream;
 
 #[path = "../support/hellos.rs"]
 mod hellos;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cases::{measure, targets_for, Case, Ctx, ATTEMPTS, NOISE_LIMIT};
 use peers::{Peer, Plan};
 use report::Results;
 
@@ -269,7 +271,7 @@ fn main() {
 
 async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_json::Value)> {
     let hello: Arc<[u8]> = Arc::from(hellos::CHROMIUM);
-    let tls_up = upstream::start_tls(tls_server_config()).await;
+    let tls_up = upstream::start_tls(tls::server_config()).await;
     let replay_up = upstream::start_replay(hello.len()).await;
     let plan = Plan {
         tls_servers: tls_up.addrs,
@@ -316,7 +318,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
     }
     settings.peers.retain(|p| !unavailable.contains(p));
 
-    let tls_client = tls_client();
+    let tls_client = tls::client();
     let versions = serde_json::json!({
         "sniroute": peers::version(env!("CARGO_BIN_EXE_sniroute"), "--version"),
         "nginx": peers::version("nginx", "-v").map(|v| v.trim_start_matches("nginx version: ").to_owned()),
@@ -462,354 +464,4 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         );
     }
     Some((results, header))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Case {
-    Tls,
-    Replay,
-    Bulk,
-    TlsLatency,
-    KeepaliveLatency,
-    Idle,
-}
-
-impl Case {
-    const ALL: [Case; 6] = [
-        Case::Tls,
-        Case::Replay,
-        Case::Bulk,
-        Case::TlsLatency,
-        Case::KeepaliveLatency,
-        Case::Idle,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Case::Tls => "tls",
-            Case::Replay => "replay",
-            Case::Bulk => "bulk",
-            Case::TlsLatency => "tls_latency",
-            Case::KeepaliveLatency => "keepalive_latency",
-            Case::Idle => "idle",
-        }
-    }
-}
-
-struct Ctx<'a> {
-    settings: &'a Settings,
-    plan: &'a Plan,
-    tls: &'a load::TlsClient,
-    hello: Arc<[u8]>,
-}
-
-fn targets_for(peer: Peer, listen: Option<SocketAddr>, plan: &Plan) -> load::Targets {
-    match (peer, listen) {
-        (Peer::Direct, _) | (_, None) => load::Targets {
-            tls: plan.tls_servers.to_vec(),
-            replay: plan.replay_servers.to_vec(),
-        },
-        (_, Some(listen)) => load::Targets {
-            tls: vec![listen],
-            replay: vec![listen],
-        },
-    }
-}
-
-/// CPU time of the proxy's processes, of this process and of the whole
-/// machine, and the wall clock.
-struct Clocks {
-    proxy: Duration,
-    own: Duration,
-    machine: Duration,
-    wall: Instant,
-}
-
-fn clocks(pid: Option<u32>) -> Clocks {
-    Clocks {
-        proxy: pid.map(procfs::tree_cpu).unwrap_or_default(),
-        own: procfs::cpu(std::process::id()),
-        machine: procfs::machine_busy(),
-        wall: Instant::now(),
-    }
-}
-
-/// Where the CPU went during a timed case.
-struct Usage {
-    /// Proxy CPU seconds.
-    proxy: f64,
-    /// Proxy and load generator, % of one core.
-    proxy_busy: f64,
-    own_busy: f64,
-    /// Everything else the machine did, % of one core: interrupt and softirq
-    /// time no process is charged for, and other processes (noise).
-    other_busy: f64,
-}
-
-fn usage(before: &Clocks, pid: Option<u32>) -> Usage {
-    let after = clocks(pid);
-    let wall = after.wall.duration_since(before.wall).as_secs_f64();
-    let proxy = (after.proxy - before.proxy).as_secs_f64();
-    let own = (after.own - before.own).as_secs_f64();
-    let machine = after.machine.saturating_sub(before.machine).as_secs_f64();
-    Usage {
-        proxy,
-        proxy_busy: 100.0 * proxy / wall,
-        own_busy: 100.0 * own / wall,
-        other_busy: (100.0 * (machine - proxy - own) / wall).max(0.0),
-    }
-}
-
-/// Other work on the machine (% of one core) above which a measurement is
-/// taken again.
-const NOISE_LIMIT: f64 = 25.0;
-const ATTEMPTS: usize = 3;
-
-/// Measures `case` on `peer` into `results`. A measurement during which the
-/// rest of the machine (other processes, unattributed interrupt time) used
-/// more than [`NOISE_LIMIT`] is repeated after a pause, at most [`ATTEMPTS`]
-/// times in all; the last one is kept either way and counted as noisy.
-async fn measure(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Results) {
-    for attempt in 1..=ATTEMPTS {
-        let mut scratch = Results::default();
-        let noise = measure_once(ctx, case, peer, &mut scratch).await;
-        if noise <= NOISE_LIMIT || attempt == ATTEMPTS {
-            if noise > NOISE_LIMIT {
-                results
-                    .noisy
-                    .push(format!("{}/{}", case.name(), peer.name()));
-            }
-            results.merge(scratch);
-            return;
-        }
-        eprintln!(
-            "{}/{}: the rest of the machine used {noise:.0}% of a core meanwhile; \
-             measuring again in 10 s",
-            case.name(),
-            peer.name()
-        );
-        tokio::time::sleep(Duration::from_secs(10)).await;
-    }
-}
-
-/// One measurement; returns how busy the rest of the machine was (% of a core).
-async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Results) -> f64 {
-    let s = ctx.settings;
-    let running = match peer {
-        Peer::Direct => None,
-        p => Some(peers::start(p, ctx.plan).await),
-    };
-    let pid = running.as_ref().map(|r| r.pid());
-    let targets = targets_for(peer, running.as_ref().map(|r| r.listen), ctx.plan);
-    let has_proxy = pid.is_some();
-    let noise = match case {
-        Case::Tls | Case::Replay => {
-            let run_once = |d: Duration| {
-                let (tls, targets, hello) = (ctx.tls.clone(), targets.clone(), ctx.hello.clone());
-                load::closed_loop(s.concurrency, d, move |i| {
-                    let (tls, targets, hello) = (tls.clone(), targets.clone(), hello.clone());
-                    async move {
-                        if case == Case::Tls {
-                            load::tls_once(&tls, targets.tls[i % targets.tls.len()]).await
-                        } else {
-                            load::replay_once(&hello, targets.replay[i % targets.replay.len()])
-                                .await
-                        }
-                    }
-                })
-            };
-            run_once(s.warmup).await;
-            let before = clocks(pid);
-            let counted = run_once(s.run).await;
-            let used = usage(&before, pid);
-            let rate = counted.done as f64 / counted.elapsed.as_secs_f64();
-            let (rate_key, cpu_key, busy_key, own_key, other_key) = if case == Case::Tls {
-                (
-                    "tls_conn_rate",
-                    "cpu_per_1k_tls_conns",
-                    "proxy_busy_tls",
-                    "loadgen_busy_tls",
-                    "other_busy_tls",
-                )
-            } else {
-                (
-                    "replay_conn_rate",
-                    "cpu_per_1k_conns",
-                    "proxy_busy_replay",
-                    "loadgen_busy_replay",
-                    "other_busy_replay",
-                )
-            };
-            results.add(rate_key, peer, rate);
-            results.add(own_key, peer, used.own_busy);
-            results.add(other_key, peer, used.other_busy);
-            if has_proxy && counted.done > 0 {
-                results.add(
-                    cpu_key,
-                    peer,
-                    used.proxy * 1e3 * 1000.0 / counted.done as f64,
-                );
-                results.add(busy_key, peer, used.proxy_busy);
-            }
-            results.add_errors(case.name(), peer, counted.errors);
-            used.other_busy
-        }
-        Case::Bulk => {
-            load::bulk(
-                ctx.hello.clone(),
-                &targets.replay,
-                s.bulk_conns,
-                s.bulk_chunk,
-                s.warmup,
-            )
-            .await;
-            let before = clocks(pid);
-            let (bytes, errors) = load::bulk(
-                ctx.hello.clone(),
-                &targets.replay,
-                s.bulk_conns,
-                s.bulk_chunk,
-                s.run,
-            )
-            .await;
-            let used = usage(&before, pid);
-            results.add("bulk", peer, bytes as f64 / 1e6 / s.run.as_secs_f64());
-            results.add("loadgen_busy_bulk", peer, used.own_busy);
-            results.add("other_busy_bulk", peer, used.other_busy);
-            if has_proxy && bytes > 0 {
-                results.add("cpu_per_gb", peer, used.proxy * 1e3 / (bytes as f64 / 1e9));
-                results.add("proxy_busy_bulk", peer, used.proxy_busy);
-            }
-            results.add_errors(case.name(), peer, errors);
-            used.other_busy
-        }
-        Case::TlsLatency => {
-            let op = {
-                let (tls, targets) = (ctx.tls.clone(), targets.clone());
-                move |i: usize| {
-                    let (tls, targets) = (tls.clone(), targets.clone());
-                    async move { load::tls_once(&tls, targets.tls[i % targets.tls.len()]).await }
-                }
-            };
-            load::open_loop(s.rate, s.warmup, op.clone()).await;
-            let before = clocks(pid);
-            let lat = load::open_loop(s.rate, s.run, op).await;
-            let used = usage(&before, pid);
-            results.add("tls_latency_p50", peer, lat.quantile(0.50));
-            results.add("tls_latency_p99", peer, lat.quantile(0.99));
-            results.add_errors(case.name(), peer, lat.errors);
-            used.other_busy
-        }
-        Case::KeepaliveLatency => {
-            let hello = ctx.hello.clone();
-            load::keepalive_latency(
-                hello.clone(),
-                &targets.replay,
-                s.keepalive_conns,
-                s.rate,
-                s.warmup,
-            )
-            .await;
-            let before = clocks(pid);
-            let lat =
-                load::keepalive_latency(hello, &targets.replay, s.keepalive_conns, s.rate, s.run)
-                    .await;
-            let used = usage(&before, pid);
-            results.add("keepalive_latency_p50", peer, lat.quantile(0.50));
-            results.add("keepalive_latency_p99", peer, lat.quantile(0.99));
-            results.add_errors(case.name(), peer, lat.errors);
-            used.other_busy
-        }
-        // Memory does not depend on what else runs: never repeated for noise.
-        Case::Idle => match pid {
-            None => 0.0,
-            Some(pid) => {
-                // Warm the proxy up first, so the baseline includes what any
-                // proxy allocates once (buffers, lazily built tables).
-                for i in 0..100 {
-                    let _ = load::replay_once(&ctx.hello, targets.replay[i % targets.replay.len()])
-                        .await;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let before = procfs::tree_rss_kib(pid);
-                let (held, errors) =
-                    load::open_idle(ctx.hello.clone(), targets.replay.clone(), s.idle_conns, 100)
-                        .await;
-                // Let every proxy finish its side of the last connections.
-                tokio::time::sleep(Duration::from_millis(1000)).await;
-                let after = procfs::tree_rss_kib(pid);
-                if !held.is_empty() {
-                    let per_conn = (after.saturating_sub(before)) as f64 / held.len() as f64;
-                    results.add("idle_rss_per_conn", peer, per_conn);
-                }
-                results.add_errors(case.name(), peer, errors);
-                drop(held);
-                0.0
-            }
-        },
-    };
-    if let Some(r) = running {
-        r.stop().await;
-    }
-    noise
-}
-
-fn pki() -> &'static (
-    rustls::pki_types::CertificateDer<'static>,
-    rustls::pki_types::PrivatePkcs8KeyDer<'static>,
-) {
-    static PKI: std::sync::OnceLock<(
-        rustls::pki_types::CertificateDer<'static>,
-        rustls::pki_types::PrivatePkcs8KeyDer<'static>,
-    )> = std::sync::OnceLock::new();
-    PKI.get_or_init(|| {
-        let ck = rcgen::generate_simple_self_signed(vec![peers::TLS_NAME.to_owned()])
-            .expect("a self-signed certificate");
-        (
-            ck.cert.der().clone(),
-            rustls::pki_types::PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()),
-        )
-    })
-}
-
-/// The TLS server: ECDSA P-256 certificate (rcgen's default), ring, no
-/// session tickets and no session cache, so every handshake is a full one.
-fn tls_server_config() -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (cert, key) = pki();
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![cert.clone()], key.clone_key().into())
-        .expect("certificate and key match");
-    config.send_tls13_tickets = 0;
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    Arc::new(config)
-}
-
-/// The TLS client: verifies the server's certificate, never resumes.
-fn tls_client() -> load::TlsClient {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki().0.clone()).expect("a valid root");
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.resumption = rustls::client::Resumption::disabled();
-    load::TlsClient {
-        connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-        name: rustls::pki_types::ServerName::try_from(peers::TLS_NAME)
-            .expect("a valid name")
-            .to_owned(),
-        request: Arc::from(
-            format!(
-                "GET / HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-                peers::TLS_NAME
-            )
-            .into_bytes(),
-        ),
-    }
 }
