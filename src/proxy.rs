@@ -131,10 +131,8 @@ async fn serve<'e>(
     let config = &*endpoint.config;
     let listener = &config.listeners[endpoint.listener];
     client.set_nodelay(true).ok();
-    let mut addresses = Addresses {
-        client: log.client,
-        local: client.local_addr().unwrap_or(endpoint.bind),
-    };
+    // The client's real addresses when a balancer in front told us (PROXY header).
+    let mut proxied: Option<Addresses> = None;
     let peek_failed = |log: &mut AccessLog, e: PeekError| {
         let reason = e.reason();
         tracing::debug!(client = %log.client, listener = %endpoint.bind, reason = reason.as_str(), "peek failed: {e}");
@@ -170,10 +168,10 @@ async fn serve<'e>(
         Ok(peeked) => peeked,
         Err(e) => return peek_failed(log, e),
     };
-    if let Some(proxied) = peeked.proxied {
+    if let Some(told) = peeked.proxied {
         // From here on the client is the one the balancer in front spoke for.
-        addresses = proxied;
-        log.client = proxied.client;
+        proxied = Some(told);
+        log.client = told.client;
         match take_client_slot(endpoint, log.client) {
             Ok(slot) => _client_slot = slot,
             Err(AtClientLimit) => return Outcome::OverClientLimit,
@@ -208,6 +206,12 @@ async fn serve<'e>(
     let head = peeked.bytes.len() as u64;
     let first = match target_pool.proxy_protocol {
         Some(send) => {
+            // Only now, and only for such pools, ask the kernel where the client
+            // connected to (a getsockname per connection otherwise).
+            let addresses = proxied.unwrap_or_else(|| Addresses {
+                client: log.client,
+                local: client.local_addr().unwrap_or(endpoint.bind),
+            });
             let mut first =
                 proxy_protocol::header(send, addresses, peeked.name.as_ref().map(HostName::as_str));
             first.extend_from_slice(&peeked.bytes);
