@@ -3,6 +3,11 @@
 //! The buffer exists only while the socket has data: it is allocated when the
 //! socket turns readable and dropped once a read would block, so an idle
 //! connection holds no buffer at all.
+//!
+//! It also opens every direction under the splice engine: handshakes and
+//! request heads are small, and for small reads a plain read and write cost
+//! less than two splices and a pipe. The first full buffer says bulk is
+//! coming, and [`run`] hands over.
 
 use std::io;
 
@@ -10,7 +15,16 @@ use super::{Direction, Side};
 
 const BUF_SIZE: usize = 16 * 1024;
 
-pub(super) async fn run(d: &Direction<'_>) -> Result<(), Side> {
+/// Why [`run`] returned.
+pub(super) enum Finished {
+    /// The source closed; the half-close was forwarded.
+    Eof,
+    /// A read filled the whole buffer (asked for with `until_bulk`): everything
+    /// read so far is written, so another engine can take over from here.
+    Bulk,
+}
+
+pub(super) async fn run(d: &Direction<'_>, until_bulk: bool) -> Result<Finished, Side> {
     loop {
         d.from.readable().await.map_err(|_| d.from_side)?;
         let mut buf = vec![0u8; BUF_SIZE];
@@ -18,11 +32,14 @@ pub(super) async fn run(d: &Direction<'_>) -> Result<(), Side> {
             match d.from.try_read(&mut buf) {
                 Ok(0) => {
                     d.forward_eof();
-                    return Ok(());
+                    return Ok(Finished::Eof);
                 }
                 Ok(n) => {
                     write_all(d, &buf[..n]).await?;
                     d.moved(n);
+                    if until_bulk && n == BUF_SIZE {
+                        return Ok(Finished::Bulk);
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

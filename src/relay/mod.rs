@@ -6,11 +6,14 @@
 //! restarts on any byte in either direction; byte counts live outside the
 //! direction futures so they survive an idle or shutdown abort.
 //!
-//! Two interchangeable engines move the bytes of one direction: [`splice`]
-//! (Linux `splice(2)` through a pipe, zero-copy) and [`copy`] (read into a buffer
-//! and write it out, anywhere). [`Engine::detect`] picks splice where the kernel
-//! has it; a direction falls back to copy if splice is refused before any byte
-//! moved. Neither holds a buffer while a connection is idle: copy allocates its
+//! Two engines move the bytes of one direction: [`splice`] (Linux `splice(2)`
+//! through a pipe, zero-copy) and [`copy`] (read into a buffer and write it
+//! out, anywhere). [`Engine::detect`] picks splice where the kernel has it.
+//! Under splice a direction still starts by copying, and switches at its first
+//! full buffer: for a few hundred bytes of handshake, one read and one write are
+//! cheaper than two splices and a pipe (measured: +16% CPU per short connection
+//! when splicing everything). A direction falls back to copy if splice is
+//! refused before it moved any byte. Neither holds a buffer while a connection is idle: copy allocates its
 //! buffer when the socket turns readable and frees it when the socket runs dry;
 //! splice takes a pipe from a small pool at the same moment and gives it back.
 
@@ -160,20 +163,23 @@ impl Direction<'_> {
     }
 
     async fn run(&self, engine: Engine) -> Result<(), Side> {
-        if engine == Engine::Splice {
-            match splice::run(self).await {
-                Err(splice::Error::Unsupported) => {
-                    // Nothing moved yet: the copy engine takes over cleanly.
-                    ENGINE.store(COPY, Ordering::Relaxed);
-                    tracing::warn!(
-                        "splice(2) refused by the kernel; relaying with buffered copies"
-                    );
-                }
-                Err(splice::Error::Side(side)) => return Err(side),
-                Ok(()) => return Ok(()),
+        if engine == Engine::Copy {
+            return copy::run(self, false).await.map(drop);
+        }
+        // Splice engine: small exchanges are copied, bulk is spliced.
+        if let copy::Finished::Eof = copy::run(self, true).await? {
+            return Ok(());
+        }
+        match splice::run(self).await {
+            Ok(()) => Ok(()),
+            Err(splice::Error::Side(side)) => Err(side),
+            Err(splice::Error::Unsupported) => {
+                // Splice moved nothing and copy holds nothing: copy takes over cleanly.
+                ENGINE.store(COPY, Ordering::Relaxed);
+                tracing::warn!("splice(2) refused by the kernel; relaying with buffered copies");
+                copy::run(self, false).await.map(drop)
             }
         }
-        copy::run(self).await
     }
 }
 
