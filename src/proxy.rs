@@ -280,7 +280,8 @@ async fn reject(client: &mut TcpStream, protocol: Protocol) {
     // Closing with unread input would reset the connection and could destroy the
     // answer before the client reads it: drain a little, briefly, first.
     let drain = async {
-        let mut sink = [0u8; 4096];
+        // On the heap: a stack array here would enlarge every connection's future.
+        let mut sink = vec![0u8; 4096];
         let mut left: usize = 64 * 1024;
         while left > 0 {
             match client.read(&mut sink).await {
@@ -295,6 +296,33 @@ async fn reject(client: &mut TcpStream, protocol: Protocol) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every open connection is one of these futures: a stack buffer creeping into
+    /// any step (as a 4 KiB drain buffer once did) multiplies by the connection count.
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let text = "[[listeners]]\nbind = \"127.0.0.1:1\"\nprotocol = \"tls\"\ndefault = \"p\"\n\
+                    [upstreams.p]\nservers = [\"127.0.0.2:1\"]\n";
+        let config = Arc::new(crate::config::parse(text, std::path::Path::new("t.toml")).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bind = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(bind).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let endpoint = Endpoint {
+            config,
+            listener: 0,
+            bind,
+            stats: Arc::default(),
+            connections: Arc::default(),
+        };
+        let (_phase, shutdown) = crate::shutdown::channel();
+        let task = handle(stream, peer, endpoint, shutdown);
+        assert!(
+            std::mem::size_of_val(&task) <= 3 * 1024,
+            "{} bytes",
+            std::mem::size_of_val(&task)
+        );
+    }
 
     #[test]
     fn outcome_all_is_in_declaration_order() {

@@ -27,17 +27,19 @@ pub(super) enum Finished {
 pub(super) async fn run(d: &Direction<'_>, until_bulk: bool) -> Result<Finished, Side> {
     loop {
         d.from.readable().await.map_err(|_| d.from_side)?;
-        let mut buf = vec![0u8; BUF_SIZE];
+        // Uninitialised capacity, filled by the read: no zeroing per burst.
+        let mut buf = Vec::with_capacity(BUF_SIZE);
         loop {
-            match d.from.try_read(&mut buf) {
+            buf.clear();
+            match d.from.try_read_buf(&mut buf) {
                 Ok(0) => {
                     d.forward_eof();
                     return Ok(Finished::Eof);
                 }
                 Ok(n) => {
-                    write_all(d, &buf[..n]).await?;
+                    write_all(d, &buf).await?;
                     d.moved(n);
-                    if until_bulk && n == BUF_SIZE {
+                    if until_bulk && n >= BUF_SIZE {
                         return Ok(Finished::Bulk);
                     }
                 }
