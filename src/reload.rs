@@ -285,11 +285,7 @@ fn pools(c: &Config) -> BTreeMap<String, String> {
 fn routes(c: &Config) -> BTreeMap<String, String> {
     let mut map = BTreeMap::new();
     for l in &c.listeners {
-        let routes = l
-            .router
-            .routes()
-            .into_iter()
-            .chain(l.router.default_route());
+        let routes = l.router.routes_and_default();
         for r in routes {
             for b in &l.binds {
                 map.insert(format!("{b} {}", r.pattern), r.target.pool.name.to_string());

@@ -154,6 +154,14 @@ impl<T> Router<T> {
             .collect()
     }
 
+    /// [`Router::routes`], then the default route if there is one: every key a
+    /// connection can be counted under.
+    pub fn routes_and_default(&self) -> Vec<&Route<T>> {
+        let mut all = self.routes();
+        all.extend(self.default_route());
+        all
+    }
+
     pub fn counts(&self) -> (usize, usize, usize) {
         (
             self.exact.len(),

@@ -3,7 +3,7 @@
 //! `raw` mirrors the TOML; this module checks everything TOML cannot (durations,
 //! addresses, pool references, route patterns), resolves server DNS names, and
 //! builds the routing tables the hot path reads. Errors carry `file:line:col` of
-//! the offending value and say what to change. Nothing after [`load`] handles a
+//! the offending value and say what to change. Nothing after [`parse`] handles a
 //! possibly invalid value.
 
 mod raw;
@@ -114,11 +114,6 @@ pub enum ConfigError {
     },
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-}
-
-/// Reads, parses and validates the config file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    parse_with(&read(path)?, path, None)
 }
 
 /// Reads the config file's text.
@@ -422,9 +417,8 @@ impl Ctx<'_> {
         };
         let router = &previous.listeners[index].router;
         router
-            .routes()
+            .routes_and_default()
             .into_iter()
-            .chain(router.default_route())
             .map(|r| {
                 (
                     Arc::clone(&r.pattern),

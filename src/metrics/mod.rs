@@ -243,7 +243,7 @@ impl Collector for Metrics {
             MetricType::Counter,
             config.listeners.iter().flat_map(|l| {
                 let listener = l.binds.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-                l.router.routes().into_iter().chain(l.router.default_route()).map(move |r| {
+                l.router.routes_and_default().into_iter().map(move |r| {
                     let labels: Labels = vec![
                         ("listener", listener.clone()),
                         ("route", r.pattern.to_string()),
