@@ -130,7 +130,7 @@ fn least_conn(c: &mut Criterion) {
             Balance::LeastConn,
             HealthPolicy::default(),
             servers,
-            Pool::new_durations(),
+            Default::default(),
         );
         let now = Instant::now();
         let held: Vec<_> = (0..n * 7)

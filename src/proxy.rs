@@ -112,7 +112,7 @@ pub async fn handle(
     let elapsed = started.elapsed();
     endpoint.stats.closed(outcome);
     if let Some(pool) = pool {
-        pool.durations.observe(elapsed.as_secs_f64());
+        pool.durations.observe(elapsed);
     }
     // Refusals at a limit are counted, not logged one by one: under the flood
     // that causes them, the log would become the bottleneck.

@@ -554,7 +554,7 @@ impl Ctx<'_> {
         let durations = self
             .previous
             .and_then(|p| p.pools.get(name))
-            .map_or_else(Pool::new_durations, |p| p.durations.clone());
+            .map_or_else(Arc::default, |p| Arc::clone(&p.durations));
         let mut pool = Pool::new(Arc::from(name), balance, health, servers, durations);
         pool.proxy_protocol = proxy_protocol;
         Ok(pool)

@@ -10,6 +10,7 @@
 //! Series of servers and routes that a reload removed disappear with them.
 
 pub mod endpoint;
+pub mod histogram;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -151,7 +152,7 @@ fn family<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a>(
 enum Sample<'a> {
     Counter(u64),
     Gauge(i64),
-    Histogram(&'a prometheus_client::metrics::histogram::Histogram),
+    Histogram(&'a histogram::Durations),
 }
 
 impl Sample<'_> {

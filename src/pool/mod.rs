@@ -16,10 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-
 pub use balance::Balance;
 
+use crate::metrics::histogram::Durations;
 use crate::proxy_protocol;
 pub use health::HealthPolicy;
 use health::{Health, Transition};
@@ -121,7 +120,7 @@ pub struct Pool {
     pub health: HealthPolicy,
     pub servers: Vec<Server>,
     /// How long connections through this pool lasted; kept across reloads.
-    pub durations: Histogram,
+    pub durations: Arc<Durations>,
     /// The PROXY protocol header its servers expect, if any.
     pub proxy_protocol: Option<proxy_protocol::Send>,
     /// Smooth weighted round-robin scores, one per server. Locked only for the
@@ -153,7 +152,7 @@ impl Pool {
         balance: Balance,
         health: HealthPolicy,
         servers: Vec<Server>,
-        durations: Histogram,
+        durations: Arc<Durations>,
     ) -> Pool {
         let scores = Mutex::new(vec![0; servers.len()]);
         Pool {
@@ -165,11 +164,6 @@ impl Pool {
             proxy_protocol: None,
             scores,
         }
-    }
-
-    /// A fresh connection-duration histogram: 5 ms to about 6 h, ×4 per bucket.
-    pub fn new_durations() -> Histogram {
-        Histogram::new(exponential_buckets(0.005, 4.0, 12))
     }
 
     pub fn attempts(&self) -> Attempts {
@@ -280,7 +274,7 @@ mod tests {
             Balance::LeastConn,
             health,
             servers,
-            Pool::new_durations(),
+            Arc::default(),
         )
     }
 
