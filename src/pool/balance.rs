@@ -8,6 +8,14 @@
 //! narrows the candidates to those with the fewest active connections per unit of
 //! weight, then breaks the tie the same way, as nginx does. Health and backup
 //! tiers are the pool's business, not this module's.
+//!
+//! The scores are atomics, so picks take no lock. Picks that run at the same
+//! moment on different threads may interleave their additions and both see the
+//! same leader; each still adds its candidates' total weight and pays it back
+//! once, so the scores keep their balance and the weights hold over time. Only
+//! the exact order can differ while picks race; one at a time, it is nginx's.
+
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// The `balance` setting of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,7 +49,7 @@ pub struct Candidate {
 pub fn pick(
     balance: Balance,
     candidates: &mut Vec<Candidate>,
-    scores: &mut [i64],
+    scores: &[AtomicI64],
 ) -> Option<usize> {
     if balance == Balance::LeastConn {
         let least =
@@ -59,20 +67,25 @@ fn load_below(a: Candidate, b: Candidate) -> bool {
     u128::from(a.active) * u128::from(b.weight) < u128::from(b.active) * u128::from(a.weight)
 }
 
-fn smooth_round_robin(candidates: &[Candidate], scores: &mut [i64]) -> Option<usize> {
+fn smooth_round_robin(candidates: &[Candidate], scores: &[AtomicI64]) -> Option<usize> {
     let mut total = 0i64;
-    let mut best: Option<usize> = None;
+    let mut best: Option<(usize, i64)> = None;
     for c in candidates {
         let weight = i64::from(c.weight);
         total += weight;
-        scores[c.index] += weight;
-        if best.is_none_or(|b| scores[c.index] > scores[b]) {
-            best = Some(c.index);
+        let score = scores[c.index].fetch_add(weight, Ordering::Relaxed) + weight;
+        if best.is_none_or(|(_, leader)| score > leader) {
+            best = Some((c.index, score));
         }
     }
-    let best = best?;
-    scores[best] -= total;
+    let (best, _) = best?;
+    scores[best].fetch_sub(total, Ordering::Relaxed);
     Some(best)
+}
+
+/// Round-robin scores for `n` servers, all starting at zero.
+pub fn scores(n: usize) -> Box<[AtomicI64]> {
+    (0..n).map(|_| AtomicI64::new(0)).collect()
 }
 
 #[cfg(test)]
@@ -92,9 +105,9 @@ mod tests {
     }
 
     fn picks(balance: Balance, loads: &[(u64, u32)], n: usize) -> Vec<usize> {
-        let mut scores = vec![0; loads.len()];
+        let scores = scores(loads.len());
         (0..n)
-            .map(|_| pick(balance, &mut cands(loads), &mut scores).unwrap())
+            .map(|_| pick(balance, &mut cands(loads), &scores).unwrap())
             .collect()
     }
 
@@ -145,7 +158,7 @@ mod tests {
     fn simulated_least_conn_spreads_held_connections_by_weight() {
         let weights = [1u32, 2, 1];
         let mut active = [0u64; 3];
-        let mut scores = [0i64; 3];
+        let scores = scores(3);
         for _ in 0..40 {
             let mut c: Vec<_> = (0..3)
                 .map(|i| Candidate {
@@ -154,7 +167,7 @@ mod tests {
                     weight: weights[i],
                 })
                 .collect();
-            active[pick(Balance::LeastConn, &mut c, &mut scores).unwrap()] += 1;
+            active[pick(Balance::LeastConn, &mut c, &scores).unwrap()] += 1;
         }
         assert_eq!(active, [10, 20, 10]);
     }
@@ -162,7 +175,7 @@ mod tests {
     #[test]
     fn a_subset_keeps_its_proportions() {
         // Server 1 (weight 2) is down: the others still alternate 1:1.
-        let mut scores = vec![0; 3];
+        let scores = scores(3);
         let got: Vec<_> = (0..4)
             .map(|_| {
                 let mut c = vec![
@@ -177,7 +190,7 @@ mod tests {
                         weight: 1,
                     },
                 ];
-                pick(Balance::RoundRobin, &mut c, &mut scores).unwrap()
+                pick(Balance::RoundRobin, &mut c, &scores).unwrap()
             })
             .collect();
         assert_eq!(got, [0, 2, 0, 2]);
@@ -185,7 +198,37 @@ mod tests {
 
     #[test]
     fn no_candidates_no_pick() {
-        assert_eq!(pick(Balance::LeastConn, &mut Vec::new(), &mut []), None);
-        assert_eq!(pick(Balance::RoundRobin, &mut Vec::new(), &mut []), None);
+        assert_eq!(pick(Balance::LeastConn, &mut Vec::new(), &[]), None);
+        assert_eq!(pick(Balance::RoundRobin, &mut Vec::new(), &[]), None);
+    }
+
+    #[test]
+    fn racing_picks_keep_the_weights() {
+        // 4 threads pick at once from weights 1:2:1; the scores end balanced
+        // (they sum to zero) and the shares hold to within a few picks.
+        let scores = scores(3);
+        let counts: [std::sync::atomic::AtomicU64; 3] = Default::default();
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..10_000 {
+                        let i = pick(
+                            Balance::RoundRobin,
+                            &mut cands(&[(0, 1), (0, 2), (0, 1)]),
+                            &scores,
+                        )
+                        .unwrap();
+                        counts[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let sum: i64 = scores.iter().map(|s| s.load(Ordering::Relaxed)).sum();
+        assert_eq!(sum, 0);
+        let got = counts.map(|c| c.load(Ordering::Relaxed));
+        assert_eq!(got.iter().sum::<u64>(), 40_000);
+        for (n, want) in got.into_iter().zip([10_000, 20_000, 10_000]) {
+            assert!(n.abs_diff(want) <= 16, "{got:?}");
+        }
     }
 }

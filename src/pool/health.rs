@@ -5,7 +5,14 @@
 //! failure marks it down again at once (nginx keeps the failure count until a
 //! success), one success clears everything. `max_fails = 0` never marks down.
 //! Time is always passed in, so tests drive the clock by hand.
+//!
+//! [`SharedHealth`] is what connections share: every pick asks each candidate
+//! whether it is up, and every successful connect reports back. Those two read
+//! atomics only; the lock is taken on a failed connect, and by a success only
+//! when there is a failure on record to clear.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 /// A pool's health settings.
@@ -80,6 +87,78 @@ impl Health {
         let was_down = self.down_until.is_some();
         *self = Health::default();
         was_down
+    }
+
+    /// No failure on record since the last success.
+    fn is_clean(&self) -> bool {
+        self.fails == 0 && self.down_until.is_none()
+    }
+}
+
+/// One server's [`Health`], shared by every connection to it.
+///
+/// The state itself sits behind a lock; next to it, an atomic copy of what the
+/// per-connection path needs (until when the server is down, and whether there
+/// is anything to clear), written under the lock after every change.
+#[derive(Debug)]
+pub struct SharedHealth {
+    state: Mutex<Health>,
+    /// `down_until` in nanoseconds after `epoch` (at least 1); 0 when not down.
+    down_until: AtomicU64,
+    clean: AtomicBool,
+    epoch: Instant,
+}
+
+impl Default for SharedHealth {
+    fn default() -> Self {
+        SharedHealth {
+            state: Mutex::default(),
+            down_until: AtomicU64::new(0),
+            clean: AtomicBool::new(true),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl SharedHealth {
+    /// Whether the balancer may pick this server at `now`. Lock-free.
+    pub fn is_up(&self, now: Instant) -> bool {
+        let until = self.down_until.load(Ordering::Acquire);
+        until == 0 || self.nanos(now) >= until
+    }
+
+    pub fn record_failure(&self, policy: HealthPolicy, now: Instant) -> Transition {
+        let mut state = self.lock();
+        let transition = state.record_failure(policy, now);
+        self.publish(&state);
+        transition
+    }
+
+    /// Returns whether the server was down. Lock-free when nothing failed.
+    pub fn record_success(&self) -> bool {
+        if self.clean.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut state = self.lock();
+        let was_down = state.record_success();
+        self.publish(&state);
+        was_down
+    }
+
+    fn publish(&self, state: &Health) {
+        let until = state.down_until.map_or(0, |t| self.nanos(t).max(1));
+        self.down_until.store(until, Ordering::Release);
+        self.clean.store(state.is_clean(), Ordering::Release);
+    }
+
+    fn nanos(&self, t: Instant) -> u64 {
+        let since = t.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(since).unwrap_or(u64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Health> {
+        // Health holds no invariant a panic elsewhere could break: keep using it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -181,6 +260,37 @@ mod tests {
             assert_eq!(h.record_failure(policy, at(t0, i)), Transition::StillUp);
         }
         assert!(h.is_up(at(t0, 100)));
+    }
+
+    #[test]
+    fn the_shared_view_answers_like_the_state_it_mirrors() {
+        let shared = SharedHealth::default();
+        let t0 = shared.epoch;
+        let mut plain = Health::default();
+        // (ms, failed?) in turn; checked at every ms in between.
+        let events = [(0, true), (1, true), (2, true), (4000, true), (9100, false)];
+        let mut last = 0;
+        for (ms, failed) in events {
+            for probe in (last..=ms).step_by(100) {
+                assert_eq!(
+                    shared.is_up(at(t0, probe)),
+                    plain.is_up(at(t0, probe)),
+                    "at {probe} ms"
+                );
+            }
+            if failed {
+                assert_eq!(
+                    shared.record_failure(POLICY, at(t0, ms)),
+                    plain.record_failure(POLICY, at(t0, ms))
+                );
+            } else {
+                assert_eq!(shared.record_success(), plain.record_success());
+            }
+            last = ms;
+        }
+        assert!(shared.is_up(at(t0, last)));
+        assert!(!shared.record_success(), "nothing left to clear");
+        assert!(shared.clean.load(Ordering::Acquire));
     }
 
     #[test]

@@ -12,8 +12,8 @@ pub mod balance;
 pub mod health;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 pub use balance::Balance;
@@ -21,13 +21,13 @@ pub use balance::Balance;
 use crate::metrics::histogram::Durations;
 use crate::proxy_protocol;
 pub use health::HealthPolicy;
-use health::{Health, Transition};
+use health::{SharedHealth, Transition};
 
 /// Live, per-server state shared by every connection to it.
 #[derive(Debug, Default)]
 pub struct ServerState {
     active: AtomicU64,
-    health: Mutex<Health>,
+    health: SharedHealth,
     connect_attempts: AtomicU64,
     connect_failures: AtomicU64,
     /// Client → server bytes, the replayed head included.
@@ -55,11 +55,6 @@ impl ServerState {
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
         }
-    }
-
-    fn health(&self) -> MutexGuard<'_, Health> {
-        // Health holds no invariant a panic elsewhere could break: keep using it.
-        self.health.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -103,7 +98,7 @@ impl Server {
     }
 
     pub fn is_up(&self, now: Instant) -> bool {
-        self.state.health().is_up(now)
+        self.state.health.is_up(now)
     }
 
     /// The live state (counters, health), shared across config generations.
@@ -123,9 +118,8 @@ pub struct Pool {
     pub durations: Arc<Durations>,
     /// The PROXY protocol header its servers expect, if any.
     pub proxy_protocol: Option<proxy_protocol::Send>,
-    /// Smooth weighted round-robin scores, one per server. Locked only for the
-    /// few additions of one pick, never across an await.
-    scores: Mutex<Vec<i64>>,
+    /// Smooth weighted round-robin scores, one per server.
+    scores: Box<[AtomicI64]>,
 }
 
 /// Holds one active-connection slot on a server; released on drop.
@@ -154,7 +148,7 @@ impl Pool {
         servers: Vec<Server>,
         durations: Arc<Durations>,
     ) -> Pool {
-        let scores = Mutex::new(vec![0; servers.len()]);
+        let scores = balance::scores(servers.len());
         Pool {
             name,
             balance,
@@ -200,11 +194,7 @@ impl Pool {
             if candidates.is_empty() {
                 continue;
             }
-            let picked = {
-                let mut scores = self.scores.lock().unwrap_or_else(PoisonError::into_inner);
-                balance::pick(self.balance, &mut candidates, &mut scores)
-            };
-            if let Some(index) = picked {
+            if let Some(index) = balance::pick(self.balance, &mut candidates, &self.scores) {
                 attempts.tried[index] = true;
                 let server = &self.servers[index];
                 server.state.active.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +219,7 @@ impl Pool {
             .state
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
-        if server.state.health().record_failure(self.health, now) == Transition::MarkedDown {
+        if server.state.health.record_failure(self.health, now) == Transition::MarkedDown {
             tracing::warn!(
                 pool = %self.name,
                 server = %server.label,
@@ -241,7 +231,7 @@ impl Pool {
     }
 
     pub fn record_success(&self, server: &Server) {
-        if server.state.health().record_success() {
+        if server.state.health.record_success() {
             tracing::info!(pool = %self.name, server = %server.label, "server is up again");
         }
     }

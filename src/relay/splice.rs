@@ -3,7 +3,7 @@
 //! Bytes go from the source socket into a pipe and from the pipe into the
 //! destination socket without ever being copied into user space. The pipe is
 //! the only buffer, and a direction holds one only while bytes flow: it takes
-//! an empty pipe from a process-wide pool when its socket turns readable and
+//! an empty pipe from a small per-thread pool when its socket turns readable and
 //! gives it back, empty, when the socket runs dry. An idle connection therefore
 //! holds no pipe (no descriptors, no pipe memory), and a busy one does not pay
 //! for creating pipes. Readiness comes from tokio (`readable` / `writable` and
@@ -13,10 +13,10 @@
 //! descriptors that this module owns ([`Pipe`]) or borrows from a live
 //! `TcpStream` for the duration of the call.
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 use tokio::io::Interest;
 
@@ -36,8 +36,9 @@ const MAX_ENLARGED: usize = 32 * 1024 * 1024 / PIPE_SIZE;
 
 static ENLARGED: AtomicUsize = AtomicUsize::new(0);
 
-/// Empty pipes kept for reuse; beyond this many, returned pipes are closed.
-const POOL_MAX: usize = 64;
+/// Empty pipes kept for reuse per thread; beyond this many, returned pipes
+/// are closed.
+const POOL_MAX: usize = 16;
 
 pub(super) enum Error {
     /// The kernel refused splice for these descriptors before any byte moved:
@@ -102,20 +103,26 @@ impl Drop for Pipe {
 /// A new pipe's capacity on Linux.
 const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
-static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+thread_local! {
+    /// One pool per runtime thread, so taking a pipe takes no lock. A task that
+    /// moves between threads returns its pipe to the pool of the thread it is on.
+    static POOL: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
 
-/// An empty pipe: from the pool, or a new one.
+/// An empty pipe: from this thread's pool, or a new one.
 fn take() -> io::Result<Pipe> {
-    let pooled = POOL.lock().unwrap_or_else(PoisonError::into_inner).pop();
+    let pooled = POOL.with(|pool| pool.borrow_mut().pop());
     pooled.map_or_else(Pipe::new, Ok)
 }
 
-/// Returns an empty pipe to the pool (or closes it when the pool is full).
+/// Returns an empty pipe to this thread's pool (or closes it when the pool is full).
 fn give_back(pipe: Pipe) {
-    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
-    if pool.len() < POOL_MAX {
-        pool.push(pipe);
-    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < POOL_MAX {
+            pool.push(pipe);
+        }
+    });
 }
 
 pub(super) async fn run(d: &Direction<'_>) -> Result<(), Error> {
