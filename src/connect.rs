@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::pool::{Lease, Pool, Server};
+use crate::pool::{Lease, Pool, Server, Transition};
 
 /// An open upstream connection, with the slot it holds on its server.
 pub struct Connected<'p> {
@@ -52,8 +52,14 @@ pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected<'_>, Co
                 });
             }
             Err(e) => {
-                tracing::warn!(pool = %pool.name, server = %server.label, error = %e, "connect failed; trying the next server");
-                pool.record_failure(server, Instant::now());
+                // A server already marked down was only tried because nothing
+                // better was left: its failure is expected, and while a whole
+                // pool is down, one warning per client would flood the log.
+                if pool.record_failure(server, Instant::now()) == Transition::StillDown {
+                    tracing::debug!(pool = %pool.name, server = %server.label, error = %e, "connect failed to a server marked down; trying the next server");
+                } else {
+                    tracing::warn!(pool = %pool.name, server = %server.label, error = %e, "connect failed; trying the next server");
+                }
                 last = e;
             }
         }

@@ -194,7 +194,9 @@ async fn serve<'e>(
     let mut upstream = match connect(target_pool, config.timeouts.connect).await {
         Ok(connected) => connected,
         Err(e) => {
-            tracing::error!(client = %log.client, pool = %e.pool, "no server reachable: {e}");
+            if let Some(held_back) = target_pool.unreachable.admit() {
+                tracing::error!(client = %log.client, pool = %e.pool, held_back, "no server reachable: {e}");
+            }
             log.reason = e.last.to_string();
             return Outcome::ConnectFailed;
         }
@@ -259,8 +261,8 @@ fn take_client_slot(
     match endpoint.connections.try_open_client(max, client.ip()) {
         Some(slot) => Ok(Some(slot)),
         None => {
-            if endpoint.stats.should_warn_client_limit() {
-                tracing::warn!(listener = %endpoint.bind, client = %client.ip(), "max_connections_per_ip reached; closing this client's new connections");
+            if let Some(held_back) = endpoint.stats.client_limit_warning.admit() {
+                tracing::warn!(listener = %endpoint.bind, client = %client.ip(), held_back, "max_connections_per_ip reached; closing this client's new connections");
             }
             Err(AtClientLimit)
         }

@@ -28,6 +28,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 use crate::listener::Connections;
+use crate::logging::Throttle;
 use crate::peek::Reason;
 use crate::proxy::Outcome;
 
@@ -38,12 +39,9 @@ pub struct ListenerStats {
     closed: [AtomicU64; Outcome::ALL.len()],
     peek_failures: [AtomicU64; Reason::ALL.len()],
     no_route: AtomicU64,
-    /// Seconds since `EPOCH` of the last per-client-limit warning (rate limit).
-    last_client_limit_warning: AtomicU64,
+    /// The warning that clients hit `max_connections_per_ip`.
+    pub client_limit_warning: Throttle,
 }
-
-/// The zero of [`ListenerStats::should_warn_client_limit`]'s clock.
-static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
 impl ListenerStats {
     pub fn accepted(&self) {
@@ -60,17 +58,6 @@ impl ListenerStats {
 
     pub fn no_route(&self) {
         self.no_route.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// True at most once every 5 s: when to log that a client hit its limit.
-    pub fn should_warn_client_limit(&self) -> bool {
-        let now = EPOCH.elapsed().as_secs() + 5; // so that the first call warns
-        let last = self.last_client_limit_warning.load(Ordering::Relaxed);
-        now >= last + 5
-            && self
-                .last_client_limit_warning
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
     }
 }
 

@@ -18,10 +18,12 @@ use std::time::Instant;
 
 pub use balance::Balance;
 
+use crate::logging::Throttle;
 use crate::metrics::histogram::Durations;
 use crate::proxy_protocol;
 pub use health::HealthPolicy;
-use health::{SharedHealth, Transition};
+use health::SharedHealth;
+pub use health::Transition;
 
 /// Live, per-server state shared by every connection to it.
 #[derive(Debug, Default)]
@@ -120,6 +122,8 @@ pub struct Pool {
     pub proxy_protocol: Option<proxy_protocol::Send>,
     /// Smooth weighted round-robin scores, one per server.
     scores: Box<[AtomicI64]>,
+    /// The error that no server of the pool could be reached, one per client.
+    pub unreachable: Throttle,
 }
 
 /// Holds one active-connection slot on a server; released on drop.
@@ -157,6 +161,7 @@ impl Pool {
             durations,
             proxy_protocol: None,
             scores,
+            unreachable: Throttle::default(),
         }
     }
 
@@ -214,12 +219,13 @@ impl Pool {
     }
 
     /// Records a failed connect; logs when it marks the server down.
-    pub fn record_failure(&self, server: &Server, now: Instant) {
+    pub fn record_failure(&self, server: &Server, now: Instant) -> Transition {
         server
             .state
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
-        if server.state.health.record_failure(self.health, now) == Transition::MarkedDown {
+        let transition = server.state.health.record_failure(self.health, now);
+        if transition == Transition::MarkedDown {
             tracing::warn!(
                 pool = %self.name,
                 server = %server.label,
@@ -228,6 +234,7 @@ impl Pool {
                 self.health.max_fails,
             );
         }
+        transition
     }
 
     pub fn record_success(&self, server: &Server) {
