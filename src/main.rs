@@ -54,7 +54,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    // Log lines still queued for the writer thread go out before anything else.
+    logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sniroute: error: {e:#}");
@@ -86,7 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         print(&out);
         return Ok(());
     }
-    logging::init(&config.log);
+    logging::init(&config.log).context("cannot start the log writer thread")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -344,6 +344,16 @@ impl Collector for Metrics {
                 Sample::Gauge(load(&self.last_good_config) as i64),
             )],
         )?;
+        family(
+            &mut enc,
+            "sniroute_log_lines_dropped",
+            "Log lines (access log included) dropped because stderr could not keep up.",
+            MetricType::Counter,
+            [(
+                Labels::new(),
+                Sample::Counter(crate::logging::writer::dropped()),
+            )],
+        )?;
         Ok(())
     }
 }

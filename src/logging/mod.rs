@@ -1,7 +1,7 @@
 //! Logging setup and the access log.
 //!
 //! Everything goes to stderr (journald captures it) through `tracing`, as text or
-//! JSON. The access log is the `sniroute::access` target at info level, enabled or
+//! JSON, written by a thread of its own ([`writer`]). The access log is the `sniroute::access` target at info level, enabled or
 //! disabled on its own, independent of `log.level`. `RUST_LOG`, when set, overrides
 //! both for debugging.
 
@@ -20,8 +20,13 @@ use crate::proxy::Outcome;
 
 pub const ACCESS_TARGET: &str = "sniroute::access";
 
-/// Installs the global subscriber. Call once, before anything logs.
-pub fn init(settings: &LogSettings) {
+pub mod writer;
+
+pub use writer::flush;
+
+/// Installs the global subscriber. Call once, before anything logs; call
+/// [`flush`] before the process exits.
+pub fn init(settings: &LogSettings) -> std::io::Result<()> {
     let level = match settings.level {
         LogLevel::Error => "error",
         LogLevel::Warn => "warn",
@@ -34,7 +39,7 @@ pub fn init(settings: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},{ACCESS_TARGET}={access}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer::start()?)
         .with_ansi(std::io::stderr().is_terminal());
     match settings.format {
         LogFormat::Text => builder.init(),
@@ -44,6 +49,7 @@ pub fn init(settings: &LogSettings) {
             .with_current_span(false)
             .init(),
     }
+    Ok(())
 }
 
 /// The fields of one access-log line, filled in as the connection progresses.
