@@ -387,3 +387,65 @@ async fn slow_and_garbage_metrics_clients_do_not_slow_the_proxy() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// stderr that nobody reads (a stuck journald, a full pipe) must not stall
+/// connections: log lines are dropped and counted instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stderr_drops_log_lines_instead_of_stalling_connections() {
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "[metrics]\nbind = \"{metrics}\"\n[[listeners]]\nbind = \"{listen}\"\n\
+             protocol = \"tls\"\ndefault = \"p\"\n[upstreams.p]\nservers = [\"127.0.0.2:1\"]\n"
+        ),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sniroute"))
+        .arg("--config")
+        .arg(&path)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        // Piped and never read: once the pipe is full, every write(2) would block.
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _unread = child.stderr.take();
+    let up = poll(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(metrics).ok()
+    });
+    assert!(up.is_some(), "metrics endpoint did not come up");
+
+    // Each connection sends a malformed hello: one access line, no upstream.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut dropped = 0.0;
+    let mut rounds = 0;
+    while dropped == 0.0 && Instant::now() < deadline {
+        let clients: Vec<_> = (0..1000)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let mut c = TcpStream::connect(listen).await.unwrap();
+                    c.write_all(b"\x16\x03\x01\x00\x05garbage").await.unwrap();
+                    read_all(&mut c).await
+                })
+            })
+            .collect();
+        let all = async {
+            for client in clients {
+                assert_eq!(client.await.unwrap(), b"");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), all)
+            .await
+            .expect("connections stalled behind a full stderr");
+        rounds += 1;
+        let (_, body) = get(metrics, "/metrics").await;
+        dropped = value(&parse(&body), "sniroute_log_lines_dropped_total", &[]);
+    }
+    assert!(
+        dropped > 0.0,
+        "no line dropped after {rounds} x 1000 connections"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
