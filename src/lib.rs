@@ -15,6 +15,11 @@
 //! listeners, [`reload`] and the shutdown; [`config`] turns the TOML into the
 //! immutable tables all of this reads. [`import`] translates an nginx `stream {}`
 //! config into sniroute's (`sniroute import-nginx`).
+//!
+//! This library is the binary's inside, not an API: its documentation is built
+//! with private items (`cargo doc --document-private-items`), where module docs
+//! may link to the private parts they are made of.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod config;
 pub mod connect;

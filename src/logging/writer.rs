@@ -20,7 +20,7 @@ use tracing_subscriber::fmt::MakeWriter;
 /// Lines that may wait for the writer thread.
 const QUEUE_LINES: usize = 16 * 1024;
 
-/// How long [`Queue::flush`] waits for the writer thread at exit.
+/// How long [`flush`] waits for the writer thread at exit.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Lines dropped because the queue was full, since start.
