@@ -15,7 +15,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::logging::Throttle;
 use crate::metrics::{ListenerStats, Metrics};
 use crate::proxy::{self, Endpoint, Outcome};
 use crate::shutdown::{Phase, Shutdown};
@@ -233,8 +234,7 @@ async fn accept_loop(
     mut shared: Shared,
 ) {
     let mut backoff = FIRST_BACKOFF;
-    let mut refused = 0u64;
-    let mut last_refusal_log: Option<Instant> = None;
+    let refusal_warning = Throttle::default();
     loop {
         let accepted = tokio::select! {
             biased;
@@ -266,11 +266,9 @@ async fn accept_loop(
         let Some(slot) = shared.connections.try_open(config.limits.max_connections) else {
             drop(stream);
             stats.closed(Outcome::OverLimit);
-            refused += 1;
-            if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            if let Some(held_back) = refusal_warning.admit() {
+                let refused = held_back + 1;
                 tracing::warn!(listener = %bind, refused, "max_connections reached; closing new connections");
-                last_refusal_log = Some(Instant::now());
-                refused = 0;
             }
             continue;
         };
