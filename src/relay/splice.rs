@@ -111,13 +111,14 @@ thread_local! {
 
 /// An empty pipe: from this thread's pool, or a new one.
 fn take() -> io::Result<Pipe> {
-    let pooled = POOL.with(|pool| pool.borrow_mut().pop());
+    // `try_with`: a thread being torn down has no pool any more, only new pipes.
+    let pooled = POOL.try_with(|pool| pool.borrow_mut().pop()).ok().flatten();
     pooled.map_or_else(Pipe::new, Ok)
 }
 
 /// Returns an empty pipe to this thread's pool (or closes it when the pool is full).
 fn give_back(pipe: Pipe) {
-    POOL.with(|pool| {
+    let _ = POOL.try_with(|pool| {
         let mut pool = pool.borrow_mut();
         if pool.len() < POOL_MAX {
             pool.push(pipe);
