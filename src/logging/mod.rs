@@ -1,16 +1,16 @@
 //! Logging setup and the access log.
 //!
 //! Everything goes to stderr (journald captures it) through `tracing`, as text or
-//! JSON, written by a thread of its own ([`writer`]). The access log is the `sniroute::access` target at info level, enabled or
-//! disabled on its own, independent of `log.level`. `RUST_LOG`, when set, overrides
-//! both for debugging.
+//! JSON, written by a thread of its own ([`writer`]). The access log is the
+//! `sniroute::access` target at info level, enabled or disabled on its own,
+//! independent of `log.level`. `RUST_LOG`, when set, overrides both for
+//! debugging.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
-use std::time::Duration;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
 

@@ -11,7 +11,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -88,12 +88,14 @@ fn write_lines(rx: Receiver<Message>, out: impl Write) {
 }
 
 /// One event's writer: collects the formatted event, queues it when dropped.
-pub struct Line {
-    tx: SyncSender<Message>,
+/// It borrows the queue's sender: cloning it per line would bump a counter
+/// that every thread shares.
+pub struct Line<'a> {
+    tx: &'a SyncSender<Message>,
     bytes: Vec<u8>,
 }
 
-impl Write for Line {
+impl Write for Line<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.bytes.extend_from_slice(buf);
         Ok(buf.len())
@@ -104,26 +106,25 @@ impl Write for Line {
     }
 }
 
-impl Drop for Line {
+impl Drop for Line<'_> {
     fn drop(&mut self) {
         if self.bytes.is_empty() {
             return;
         }
         let line = std::mem::take(&mut self.bytes);
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.tx.try_send(Message::Line(line))
-        {
+        // Full, or the writer thread is gone.
+        if self.tx.try_send(Message::Line(line)).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 impl<'a> MakeWriter<'a> for Queue {
-    type Writer = Line;
+    type Writer = Line<'a>;
 
-    fn make_writer(&'a self) -> Line {
+    fn make_writer(&'a self) -> Line<'a> {
         Line {
-            tx: self.tx.clone(),
+            tx: &self.tx,
             bytes: Vec::new(),
         }
     }
