@@ -23,12 +23,15 @@
 
 pub mod config;
 pub mod connect;
+pub mod connections;
 pub mod explain;
+pub mod histogram;
 pub mod import;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod name;
+pub mod outcome;
 pub mod peek;
 pub mod pool;
 pub mod proxy;
@@ -39,3 +42,4 @@ pub mod route;
 pub mod server;
 pub mod shutdown;
 pub mod systemd;
+pub mod throttle;

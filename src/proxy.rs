@@ -14,10 +14,11 @@ use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::connect::connect;
-use crate::listener::{ClientSlot, Connections};
+use crate::connections::{ClientSlot, Connections};
 use crate::logging::AccessLog;
 use crate::metrics::ListenerStats;
 use crate::name::HostName;
+use crate::outcome::Outcome;
 use crate::peek::PeekError;
 use crate::peek::{self, http, tls, Protocol};
 use crate::pool::Pool;
@@ -35,56 +36,6 @@ pub struct Endpoint {
     pub bind: SocketAddr,
     pub stats: Arc<ListenerStats>,
     pub connections: Arc<Connections>,
-}
-
-/// How a client connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Both directions closed normally.
-    Closed,
-    IdleTimeout,
-    ClientError,
-    UpstreamError,
-    /// Still open when the shutdown drain ended.
-    Shutdown,
-    PeekFailed,
-    NoRoute,
-    ConnectFailed,
-    /// Closed at once: `max_connections` were open.
-    OverLimit,
-    /// Closed at once: `max_connections_per_ip` were open from this address.
-    OverClientLimit,
-}
-
-impl Outcome {
-    /// Every outcome, in declaration order (`ALL[o as usize] == o`).
-    pub const ALL: [Outcome; 10] = [
-        Outcome::Closed,
-        Outcome::IdleTimeout,
-        Outcome::ClientError,
-        Outcome::UpstreamError,
-        Outcome::Shutdown,
-        Outcome::PeekFailed,
-        Outcome::NoRoute,
-        Outcome::ConnectFailed,
-        Outcome::OverLimit,
-        Outcome::OverClientLimit,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Closed => "closed",
-            Outcome::IdleTimeout => "idle_timeout",
-            Outcome::ClientError => "client_error",
-            Outcome::UpstreamError => "upstream_error",
-            Outcome::Shutdown => "shutdown",
-            Outcome::PeekFailed => "peek_failed",
-            Outcome::NoRoute => "no_route",
-            Outcome::ConnectFailed => "connect_failed",
-            Outcome::OverLimit => "over_limit",
-            Outcome::OverClientLimit => "over_ip_limit",
-        }
-    }
 }
 
 impl From<relay::End> for Outcome {

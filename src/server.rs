@@ -13,7 +13,8 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::config::Config;
-use crate::listener::{self, BindError, Connections, Listeners, Shared};
+use crate::connections::Connections;
+use crate::listener::{self, BindError, Listeners, Shared};
 use crate::metrics::{endpoint, Metrics};
 use crate::relay::Engine;
 use crate::reload::{Reloader, Trigger, Watcher};

@@ -10,7 +10,6 @@
 //! Series of servers and routes that a reload removed disappear with them.
 
 pub mod endpoint;
-pub mod histogram;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -27,10 +26,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
-use crate::listener::Connections;
-use crate::logging::Throttle;
+use crate::connections::Connections;
+use crate::outcome::Outcome;
 use crate::peek::Reason;
-use crate::proxy::Outcome;
+use crate::throttle::Throttle;
 
 /// Counters of one bind address; they live as long as the process, across reloads.
 #[derive(Debug, Default)]
@@ -139,7 +138,7 @@ fn family<'a, L: prometheus_client::encoding::EncodeLabelSet + 'a>(
 enum Sample<'a> {
     Counter(u64),
     Gauge(i64),
-    Histogram(&'a histogram::Durations),
+    Histogram(&'a crate::histogram::Durations),
 }
 
 impl Sample<'_> {

@@ -80,7 +80,7 @@ pub enum PeekError {
     #[error("client closed the connection before the hello or request head was complete")]
     ClientClosed,
     #[error("bad PROXY protocol header: {0}")]
-    ProxyHeader(&'static str),
+    ProxyHeader(#[from] proxy_protocol::HeaderError),
     #[error("source address not in the listener's proxy_protocol_from")]
     ProxySource,
     #[error("read error while peeking: {0}")]

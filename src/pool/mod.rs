@@ -18,9 +18,9 @@ use std::time::Instant;
 
 pub use balance::Balance;
 
-use crate::logging::Throttle;
-use crate::metrics::histogram::Durations;
+use crate::histogram::Durations;
 use crate::proxy_protocol;
+use crate::throttle::Throttle;
 pub use health::HealthPolicy;
 use health::SharedHealth;
 pub use health::Transition;
