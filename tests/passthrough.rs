@@ -322,3 +322,31 @@ async fn out_of_file_descriptors_pauses_accept_without_spinning_then_recovers() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A client still sending its hello when the drain ends is closed at once,
+/// with its access-log line, like every other cut connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_still_in_peek_get_their_line_when_the_drain_ends() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Hold).await;
+    let listen = free_addr("127.0.0.1");
+    let mut proxy = Sniroute::start(&config(
+        listen,
+        up.addr,
+        "[timeouts]\nshutdown = \"300ms\"\npeek = \"1h\"",
+    ));
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    // Half a hello: the proxy waits for the rest.
+    c.write_all(&CURL_HELLO[..20]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let log = proxy.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("sniroute::access"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("outcome=shutdown"), "{log}");
+    assert_eq!(read_all(&mut c).await, b"");
+    assert_eq!(up.accepted(), 0);
+}

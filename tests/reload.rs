@@ -475,3 +475,38 @@ async fn streams_stay_intact_through_200_reloads_good_and_bad() {
     );
     assert!(proxy.child_alive());
 }
+
+/// A reload that changes only `[timeouts]` or `[limits]` applies them, and its
+/// log line says so instead of "no changes".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reload_summary_names_every_changed_section() {
+    let (a, _) = upstreams().await;
+    let listen = free_addr("127.0.0.1");
+    let proxy = Sniroute::start(&config(listen, a.addr, ""));
+    let path = proxy.path();
+    for (extra, section) in [
+        ("[timeouts]\nidle = \"10m\"\n", "timeouts"),
+        ("[timeouts]\nidle = \"10m\"\n[limits]\nmax_connections = 500\n", "limits"),
+        (
+            "[timeouts]\nidle = \"10m\"\n[limits]\nmax_connections = 500\n[log]\nlevel = \"debug\"\n",
+            "log",
+        ),
+    ] {
+        let before = reloads(&proxy);
+        // Sections go before the listeners: TOML tables cannot be reopened.
+        std::fs::write(&path, format!("{extra}{}", config(listen, a.addr, ""))).unwrap();
+        proxy.signal("HUP");
+        let log = poll(DEADLINE, || {
+            Some(proxy.log()).filter(|l| l.matches("config reloaded").count() > before)
+        })
+        .unwrap_or_else(|| panic!("no reload:\n{}", proxy.log()));
+        let line = log
+            .lines()
+            .filter(|l| l.contains("config reloaded"))
+            .nth(before)
+            .unwrap()
+            .to_owned();
+        assert!(!line.contains("no changes"), "{line}");
+        assert!(line.contains(section), "{section} not named: {line}");
+    }
+}
