@@ -5,9 +5,15 @@
 //! `sniroute::access` target at info level, enabled or disabled on its own,
 //! independent of `log.level`. `RUST_LOG`, when set, overrides both for
 //! debugging.
+//!
+//! Text lines are logfmt: `key=value`, a value quoted (`"…"`, with `\"` and
+//! `\\` escaped) when it is empty or holds a space, a quote, a backslash or `=`
+//! ([`Logfmt`]). JSON lines carry the same values unquoted, as JSON strings.
 
+use std::fmt;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
@@ -35,6 +41,7 @@ pub fn init(settings: &LogSettings) -> std::io::Result<()> {
     let access = if settings.access_log { "info" } else { "off" };
     let filter = EnvFilter::try_from_env("RUST_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},{ACCESS_TARGET}={access}")));
+    JSON.store(settings.format == LogFormat::Json, Ordering::Relaxed);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer::start()?)
@@ -48,6 +55,38 @@ pub fn init(settings: &LogSettings) -> std::io::Result<()> {
             .init(),
     }
     Ok(())
+}
+
+/// Whether lines are JSON (values as JSON strings) rather than logfmt text.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// A string field value as logfmt needs it in text lines: quoted and escaped
+/// where it could not be read back otherwise, bare where it can (`pool=apps`,
+/// `reason="reading from the client: connection reset"`). Unchanged in JSON.
+pub struct Logfmt<'a>(pub &'a str);
+
+impl fmt::Display for Logfmt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let plain = !s.is_empty()
+            && !s
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\' | '='));
+        if plain || JSON.load(Ordering::Relaxed) {
+            return f.write_str(s);
+        }
+        f.write_str("\"")?;
+        for c in s.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                '\n' => f.write_str("\\n")?,
+                c if c.is_control() => write!(f, "\\u{{{:04x}}}", c as u32)?,
+                c => write!(f, "{c}")?,
+            }
+        }
+        f.write_str("\"")
+    }
 }
 
 /// The fields of one access-log line, filled in as the connection progresses.
@@ -88,14 +127,31 @@ impl AccessLog<'_> {
             client = %self.client,
             listener = %self.listener,
             host = %self.host.as_ref().map_or("-", |h| h.as_str()),
-            route = %self.route.unwrap_or("-"),
-            pool = %self.pool.unwrap_or("-"),
+            route = %Logfmt(self.route.unwrap_or("-")),
+            pool = %Logfmt(self.pool.unwrap_or("-")),
             server = %self.server.map_or_else(|| "-".to_owned(), |s| s.to_string()),
             bytes_up = self.bytes_up,
             bytes_down = self.bytes_down,
             duration_ms = duration.as_millis() as u64,
             outcome = %outcome.as_str(),
-            reason = %self.reason,
+            reason = %Logfmt(&self.reason),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logfmt_quotes_only_what_needs_it() {
+        let text = |s: &str| Logfmt(s).to_string();
+        assert_eq!(text("apps_https"), "apps_https");
+        assert_eq!(text("timeout"), "timeout");
+        assert_eq!(text(""), "\"\"");
+        assert_eq!(text("edge pool"), "\"edge pool\"");
+        assert_eq!(text(r"~^a\.b$"), r#""~^a\\.b$""#);
+        assert_eq!(text("say \"hi\"\n"), r#""say \"hi\"\n""#);
+        assert_eq!(text("a=b"), "\"a=b\"");
     }
 }
