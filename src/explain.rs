@@ -104,7 +104,7 @@ pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Opt
             }
             None => {
                 let what = match l.protocol {
-                    Protocol::Tls => "fatal unrecognized_name alert",
+                    Protocol::Tls | Protocol::Tcp => "fatal unrecognized_name alert",
                     Protocol::Http => "421 Misdirected Request",
                 };
                 let _ = writeln!(

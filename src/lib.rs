@@ -21,6 +21,7 @@
 //! may link to the private parts they are made of.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod access;
 pub mod config;
 pub mod connect;
 pub mod connections;

@@ -18,11 +18,13 @@ pub enum Outcome {
     OverLimit,
     /// Closed at once: `max_connections_per_ip` were open from this address.
     OverClientLimit,
+    /// Refused by an `allow`/`deny` list of the listener or of the route.
+    Denied,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (`ALL[o as usize] == o`).
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Closed,
         Outcome::IdleTimeout,
         Outcome::ClientError,
@@ -33,6 +35,7 @@ impl Outcome {
         Outcome::ConnectFailed,
         Outcome::OverLimit,
         Outcome::OverClientLimit,
+        Outcome::Denied,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +50,7 @@ impl Outcome {
             Outcome::ConnectFailed => "connect_failed",
             Outcome::OverLimit => "over_limit",
             Outcome::OverClientLimit => "over_ip_limit",
+            Outcome::Denied => "denied",
         }
     }
 }

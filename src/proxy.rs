@@ -1,7 +1,22 @@
-//! One client connection, top to bottom: peek → route → connect → relay.
+//! One client connection, as four steps: admit → detect → route → forward.
 //!
-//! Every connection ends in exactly one [`Outcome`], counted in the listener's
-//! metrics and written as one access-log line. The connection holds one config
+//! - **admit**: is this client let in at all? The listener's `allow`/`deny`
+//!   and the per-client limit, checked against the real client: on a listener
+//!   behind another balancer, only once its PROXY header has said who that is
+//!   (the header is read first, from the sources allowed to send one).
+//! - **detect**: read the ClientHello or request head, within `timeouts.peek`
+//!   and `limits.max_peek_bytes`; a `tcp` listener reads nothing.
+//! - **route**: name → route, and the route's own `allow`/`deny`.
+//! - **forward**: connect to a server of the pool, replay what was read, relay.
+//!
+//! Each step either hands the next one what it needs or returns a [`Refusal`],
+//! and [`Handler::refuse`] is the one place that turns a refusal into what the
+//! client is told (an alert, a 4xx answer, or a plain close), the outcome, the
+//! metrics and the log. Every connection ends in exactly one [`Outcome`],
+//! counted in the listener's metrics and written as one access-log line (but
+//! for refusals at a limit or by the listener's allow/deny, which a flood could
+//! repeat for every connection: those are counted, and warned about through a
+//! [`Throttle`](crate::throttle::Throttle)). The connection holds one config
 //! snapshot from start to end.
 
 use std::net::SocketAddr;
@@ -12,18 +27,18 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::Config;
-use crate::connect::connect;
+use crate::config::{Config, Listener, Target};
+use crate::connect::{connect, ConnectError, Connected};
 use crate::connections::{ClientSlot, Connections};
 use crate::logging::AccessLog;
 use crate::metrics::ListenerStats;
 use crate::name::HostName;
 use crate::outcome::Outcome;
-use crate::peek::PeekError;
-use crate::peek::{self, http, tls, Protocol};
+use crate::peek::{self, http, tls, PeekError, Peeked, Protocol};
 use crate::pool::Pool;
 use crate::proxy_protocol::{self, Addresses};
 use crate::relay::{self, relay, Tally};
+use crate::route::Route;
 use crate::shutdown::{Phase, Shutdown};
 
 /// Which listener a connection came in on, with the config it will use.
@@ -38,196 +53,319 @@ pub struct Endpoint {
     pub connections: Arc<Connections>,
 }
 
-impl From<relay::End> for Outcome {
-    fn from(end: relay::End) -> Outcome {
-        match end {
-            relay::End::Closed => Outcome::Closed,
-            relay::End::Idle => Outcome::IdleTimeout,
-            relay::End::ClientError => Outcome::ClientError,
-            relay::End::UpstreamError => Outcome::UpstreamError,
-            relay::End::Shutdown => Outcome::Shutdown,
-        }
-    }
+/// Why a connection is not forwarded (or not to its end).
+#[derive(Debug)]
+enum Refusal {
+    /// `max_connections_per_ip` connections are open from this address.
+    OverClientLimit,
+    /// The listener's `allow`/`deny` refuses the client: closed unread.
+    ListenerDenied,
+    /// The route's `allow`/`deny` refuses the client.
+    RouteDenied,
+    /// No complete, valid head (or PROXY header) arrived.
+    Peek(PeekError),
+    /// No route and no default for the name.
+    NoRoute,
+    /// An HTTP/2 preface, which names no host, on a listener without default.
+    Http2WithoutDefault,
+    /// No server of the pool could be reached.
+    Connect(ConnectError),
+    /// The shutdown drain ended before the connection reached the relay.
+    Shutdown,
 }
 
-pub async fn handle(
-    mut client: TcpStream,
-    peer: SocketAddr,
-    endpoint: Endpoint,
-    mut shutdown: Shutdown,
-) {
+/// One client connection's state as it goes through the steps.
+struct Handler<'e> {
+    client: TcpStream,
+    endpoint: &'e Endpoint,
+    listener: &'e Listener,
+    log: AccessLog<'e>,
+    shutdown: Shutdown,
+    /// Set once routed: its connection-duration histogram gets this connection.
+    pool: Option<&'e Pool>,
+    /// The client's addresses from a PROXY header, when one named them.
+    proxied: Option<Addresses>,
+    /// Held to the end of the connection: its place in the per-client count.
+    _client_slot: Option<ClientSlot>,
+}
+
+pub async fn handle(client: TcpStream, peer: SocketAddr, endpoint: Endpoint, shutdown: Shutdown) {
     let started = Instant::now();
-    let mut log = AccessLog::new(peer, endpoint.bind);
-    let mut pool = None;
-    let outcome = serve(&mut client, &endpoint, &mut log, &mut pool, &mut shutdown).await;
+    let mut handler = Handler {
+        client,
+        listener: &endpoint.config.listeners[endpoint.listener],
+        endpoint: &endpoint,
+        log: AccessLog::new(peer, endpoint.bind),
+        shutdown,
+        pool: None,
+        proxied: None,
+        _client_slot: None,
+    };
+    let (outcome, log_line) = match handler.serve().await {
+        Ok(outcome) => (outcome, true),
+        Err(refusal) => handler.refuse(refusal).await,
+    };
     let elapsed = started.elapsed();
     endpoint.stats.closed(outcome);
-    if let Some(pool) = pool {
+    if let Some(pool) = handler.pool {
         pool.durations.observe(elapsed);
     }
-    // Refusals at a limit are counted, not logged one by one: under the flood
-    // that causes them, the log would become the bottleneck.
-    if outcome != Outcome::OverClientLimit {
-        log.emit(outcome, elapsed);
+    if log_line {
+        handler.log.emit(outcome, elapsed);
     }
 }
 
-async fn serve<'e>(
-    client: &mut TcpStream,
-    endpoint: &'e Endpoint,
-    log: &mut AccessLog<'e>,
-    pool: &mut Option<&'e Pool>,
-    shutdown: &mut Shutdown,
-) -> Outcome {
-    let config = &*endpoint.config;
-    let listener = &config.listeners[endpoint.listener];
-    client.set_nodelay(true).ok();
-    // The client's real addresses when a balancer in front told us (PROXY header).
-    let mut proxied: Option<Addresses> = None;
-    let peek_failed = |log: &mut AccessLog, e: PeekError| {
-        let reason = e.reason();
-        tracing::debug!(client = %log.client, listener = %endpoint.bind, reason = reason.as_str(), "peek failed: {e}");
-        endpoint.stats.peek_failed(reason);
-        log.reason = reason.as_str().to_owned();
-        Outcome::PeekFailed
-    };
-
-    // Held to the end of the connection: its place in the per-client count.
-    let mut _client_slot = None;
-    match &listener.proxy_from {
-        Some(from) => {
-            let source = log.client.ip().to_canonical();
-            if !from.iter().any(|net| net.contains(&source)) {
-                return peek_failed(log, PeekError::ProxySource);
-            }
-        }
-        None => match take_client_slot(endpoint, log.client) {
-            Ok(slot) => _client_slot = slot,
-            Err(AtClientLimit) => return Outcome::OverClientLimit,
-        },
+impl<'e> Handler<'e> {
+    async fn serve(&mut self) -> Result<Outcome, Refusal> {
+        self.client.set_nodelay(true).ok();
+        let head = self.detect().await?;
+        let target = self.route(&head)?;
+        self.forward(target, head).await
     }
 
-    let mut peeked = match peek::peek(
-        client,
-        listener.protocol,
-        config.limits.max_peek_bytes,
-        config.timeouts.peek,
-        listener.proxy_from.is_some(),
-    )
-    .await
-    {
-        Ok(peeked) => peeked,
-        Err(e) => return peek_failed(log, e),
-    };
-    if let Some(told) = peeked.proxied {
-        // From here on the client is the one the balancer in front spoke for.
-        proxied = Some(told);
-        log.client = told.client;
-        match take_client_slot(endpoint, log.client) {
-            Ok(slot) => _client_slot = slot,
-            Err(AtClientLimit) => return Outcome::OverClientLimit,
+    /// Lets `client` in, or says why not: the listener's allow/deny, then the
+    /// per-client limit.
+    fn admit(&mut self, client: SocketAddr) -> Result<(), Refusal> {
+        if let Some(access) = &self.listener.access {
+            if !access.admits(client.ip()) {
+                return Err(Refusal::ListenerDenied);
+            }
+        }
+        let Some(max) = self.endpoint.config.limits.max_connections_per_ip else {
+            return Ok(());
+        };
+        match self.endpoint.connections.try_open_client(max, client.ip()) {
+            Some(slot) => {
+                self._client_slot = Some(slot);
+                Ok(())
+            }
+            None => Err(Refusal::OverClientLimit),
         }
     }
-    log.host = peeked.name.clone();
 
-    let Some(route) = listener.router.route(peeked.name.as_ref()) else {
-        endpoint.stats.no_route();
-        log.reason = "no_route".to_owned();
-        reject(client, listener.protocol).await;
-        return Outcome::NoRoute;
-    };
-    route.target.routed.fetch_add(1, Ordering::Relaxed);
-    let target_pool = &*route.target.pool;
-    log.route = Some(&route.pattern);
-    log.pool = Some(&target_pool.name);
-    *pool = Some(target_pool);
-
-    let mut upstream = match connect(target_pool, config.timeouts.connect).await {
-        Ok(connected) => connected,
-        Err(e) => {
-            if let Some(held_back) = target_pool.unreachable.admit() {
-                tracing::error!(client = %log.client, pool = %e.pool, held_back, "no server reachable: {e}");
+    /// Admits the client (after its PROXY header, where the listener takes one)
+    /// and reads what it has to say before it is routed.
+    async fn detect(&mut self) -> Result<Peeked, Refusal> {
+        let config = &*self.endpoint.config;
+        let protocol = self.listener.protocol;
+        let max_bytes = config.limits.max_peek_bytes;
+        let deadline = tokio::time::Instant::now() + config.timeouts.peek;
+        let mut read = Vec::new();
+        match &self.listener.proxy_from {
+            None => self.admit(self.log.client)?,
+            Some(from) => {
+                let source = self.log.client.ip().to_canonical();
+                if !from.iter().any(|net| net.contains(&source)) {
+                    return Err(Refusal::Peek(PeekError::ProxySource));
+                }
+                let header = peek::proxy_header(&mut self.client, max_bytes);
+                let (told, rest) = bounded(deadline, &mut self.shutdown, header).await?;
+                if let Some(told) = told {
+                    // From here on the client is the one the balancer spoke for.
+                    self.proxied = Some(told);
+                    self.log.client = told.client;
+                }
+                self.admit(self.log.client)?;
+                read = rest;
             }
-            log.reason = e.last.to_string();
-            return Outcome::ConnectFailed;
         }
-    };
-    log.server = Some(upstream.server.addr);
-    let live = upstream.server.live();
-
-    // The PROXY header (if the pool wants one) and the peeked bytes, in one write.
-    let head = peeked.bytes.len() as u64;
-    let first = match target_pool.proxy_protocol {
-        Some(send) => {
-            // Only now, and only for such pools, ask the kernel where the client
-            // connected to (a getsockname per connection otherwise).
-            let addresses = proxied.unwrap_or_else(|| Addresses {
-                client: log.client,
-                local: client.local_addr().unwrap_or(endpoint.bind),
+        if protocol == Protocol::Tcp {
+            // Nothing to wait for: a server that speaks first is heard at once.
+            return Ok(Peeked {
+                name: None,
+                http2: false,
+                bytes: read,
             });
-            let mut first =
-                proxy_protocol::header(send, addresses, peeked.name.as_ref().map(HostName::as_str));
-            first.extend_from_slice(&peeked.bytes);
-            first
         }
-        None => std::mem::take(&mut peeked.bytes),
-    };
-    if let Err(e) = upstream.stream.write_all(&first).await {
-        log.reason = format!("sending the peeked bytes: {e}");
-        return Outcome::UpstreamError;
+        let head = peek::head(&mut self.client, protocol, read, max_bytes);
+        let head = bounded(deadline, &mut self.shutdown, head).await?;
+        self.log.host.clone_from(&head.name);
+        Ok(head)
     }
-    live.bytes_up.fetch_add(head, Ordering::Relaxed);
-    drop((peeked, first));
 
-    let tally = Tally {
-        up: &live.bytes_up,
-        down: &live.bytes_down,
-    };
-    let closing = shutdown.reached(Phase::Closing);
-    let totals = relay(
-        client,
-        &upstream.stream,
-        config.timeouts.idle,
-        tally,
-        closing,
-    )
-    .await;
-    log.bytes_up = head + totals.up;
-    log.bytes_down = totals.down;
-    totals.end.into()
-}
-
-/// The client is at `max_connections_per_ip`.
-struct AtClientLimit;
-
-/// A place in the per-client count for `client`, if a limit is set (`Ok(None)`
-/// if not). At the limit, a warning says so, at most every 5 s per listener.
-fn take_client_slot(
-    endpoint: &Endpoint,
-    client: SocketAddr,
-) -> Result<Option<ClientSlot>, AtClientLimit> {
-    let Some(max) = endpoint.config.limits.max_connections_per_ip else {
-        return Ok(None);
-    };
-    match endpoint.connections.try_open_client(max, client.ip()) {
-        Some(slot) => Ok(Some(slot)),
-        None => {
-            if let Some(held_back) = endpoint.stats.client_limit_warning.admit() {
-                tracing::warn!(listener = %endpoint.bind, client = %client.ip(), held_back, "max_connections_per_ip reached; closing this client's new connections");
+    /// The route for what the client sent, if it may take it.
+    fn route(&mut self, head: &Peeked) -> Result<&'e Route<Target>, Refusal> {
+        let Some(route) = self.listener.router.route(head.name.as_ref()) else {
+            return Err(match head.http2 {
+                true => Refusal::Http2WithoutDefault,
+                false => Refusal::NoRoute,
+            });
+        };
+        self.log.route = Some(&route.pattern);
+        self.log.pool = Some(&route.target.pool.name);
+        if let Some(access) = &route.target.access {
+            if !access.admits(self.log.client.ip()) {
+                return Err(Refusal::RouteDenied);
             }
-            Err(AtClientLimit)
+        }
+        route.target.routed.fetch_add(1, Ordering::Relaxed);
+        self.pool = Some(&route.target.pool);
+        Ok(route)
+    }
+
+    /// Connects to a server of the route's pool, replays the head (after a
+    /// PROXY header where the pool wants one) and relays until both sides close.
+    async fn forward(
+        &mut self,
+        route: &'e Route<Target>,
+        mut head: Peeked,
+    ) -> Result<Outcome, Refusal> {
+        let config = &*self.endpoint.config;
+        let pool = &*route.target.pool;
+        let connected = tokio::select! {
+            connected = connect(pool, config.timeouts.connect) => connected,
+            () = self.shutdown.reached(Phase::Closing) => return Err(Refusal::Shutdown),
+        };
+        let Connected {
+            mut stream, server, ..
+        } = connected.map_err(Refusal::Connect)?;
+        self.log.server = Some(server.addr);
+        let live = server.live();
+
+        // The PROXY header (if the pool wants one) and the peeked bytes, in one write.
+        let replayed = head.bytes.len() as u64;
+        let first = match pool.proxy_protocol {
+            Some(send) => {
+                // Only now, and only for such pools, ask the kernel where the client
+                // connected to (a getsockname per connection otherwise).
+                let addresses = self.proxied.unwrap_or_else(|| Addresses {
+                    client: self.log.client,
+                    local: self.client.local_addr().unwrap_or(self.endpoint.bind),
+                });
+                let mut first = proxy_protocol::header(
+                    send,
+                    addresses,
+                    head.name.as_ref().map(HostName::as_str),
+                );
+                first.extend_from_slice(&head.bytes);
+                first
+            }
+            None => std::mem::take(&mut head.bytes),
+        };
+        if !first.is_empty() {
+            if let Err(e) = stream.write_all(&first).await {
+                self.log.reason = format!("sending the peeked bytes to the server: {e}");
+                return Ok(Outcome::UpstreamError);
+            }
+        }
+        live.bytes_up.fetch_add(replayed, Ordering::Relaxed);
+        drop((head, first));
+
+        let tally = Tally {
+            up: &live.bytes_up,
+            down: &live.bytes_down,
+        };
+        let closing = self.shutdown.reached(Phase::Closing);
+        let totals = relay(&self.client, &stream, config.timeouts.idle, tally, closing).await;
+        self.log.bytes_up = replayed + totals.up;
+        self.log.bytes_down = totals.down;
+        Ok(match totals.end {
+            relay::End::Closed => Outcome::Closed,
+            relay::End::Idle => Outcome::IdleTimeout,
+            relay::End::Shutdown => Outcome::Shutdown,
+            relay::End::Broken(broken) => {
+                self.log.reason = broken.to_string();
+                match broken.side {
+                    relay::Side::Client => Outcome::ClientError,
+                    relay::Side::Upstream => Outcome::UpstreamError,
+                }
+            }
+        })
+    }
+
+    /// Tells the client (where the protocol has a way), counts and logs a
+    /// refusal. Returns the outcome and whether it gets an access-log line.
+    async fn refuse(&mut self, refusal: Refusal) -> (Outcome, bool) {
+        let stats = &self.endpoint.stats;
+        let bind = self.endpoint.bind;
+        let protocol = self.listener.protocol;
+        let client = self.log.client;
+        match refusal {
+            // Counted, not logged one by one: under the flood that causes them,
+            // the log would become the bottleneck.
+            Refusal::OverClientLimit => {
+                if let Some(held_back) = stats.client_limit_warning.admit() {
+                    tracing::warn!(listener = %bind, client = %client.ip(), held_back, "max_connections_per_ip reached; closing this client's new connections");
+                }
+                (Outcome::OverClientLimit, false)
+            }
+            Refusal::ListenerDenied => {
+                if let Some(held_back) = stats.denied_warning.admit() {
+                    tracing::warn!(listener = %bind, client = %client.ip(), held_back, "client refused by the listener's allow/deny; closed unread");
+                }
+                (Outcome::Denied, false)
+            }
+            Refusal::RouteDenied => {
+                self.log.reason = "refused by the route's allow/deny".to_owned();
+                let answer: &[u8] = match protocol {
+                    Protocol::Http => http::FORBIDDEN_RESPONSE,
+                    Protocol::Tls | Protocol::Tcp => &tls::ACCESS_DENIED_ALERT,
+                };
+                answer_and_close(&mut self.client, answer).await;
+                (Outcome::Denied, true)
+            }
+            Refusal::Peek(e) => {
+                let reason = e.reason();
+                tracing::debug!(%client, listener = %bind, reason = reason.as_str(), "peek failed: {e}");
+                stats.peek_failed(reason);
+                self.log.reason = reason.as_str().to_owned();
+                if protocol == Protocol::Http && matches!(e, PeekError::TooLarge) {
+                    answer_and_close(&mut self.client, http::TOO_LARGE_RESPONSE).await;
+                }
+                (Outcome::PeekFailed, true)
+            }
+            Refusal::NoRoute => {
+                stats.no_route();
+                self.log.reason = "no_route".to_owned();
+                let answer: &[u8] = match protocol {
+                    Protocol::Http => http::MISDIRECTED_RESPONSE,
+                    Protocol::Tls | Protocol::Tcp => &tls::UNRECOGNIZED_NAME_ALERT,
+                };
+                answer_and_close(&mut self.client, answer).await;
+                (Outcome::NoRoute, true)
+            }
+            Refusal::Http2WithoutDefault => {
+                // An HTTP/2 client cannot read an HTTP/1 answer: just close.
+                stats.no_route();
+                self.log.reason = "HTTP/2 preface (no Host) and no default".to_owned();
+                (Outcome::NoRoute, true)
+            }
+            Refusal::Connect(e) => {
+                if let Some(pool) = self.pool {
+                    if let Some(held_back) = pool.unreachable.admit() {
+                        tracing::error!(%client, pool = %e.pool, held_back, "no server reachable: {e}");
+                    }
+                }
+                self.log.reason = e.last.to_string();
+                (Outcome::ConnectFailed, true)
+            }
+            Refusal::Shutdown => {
+                self.log.reason =
+                    "the shutdown drain ended before the connection was forwarded".to_owned();
+                (Outcome::Shutdown, true)
+            }
         }
     }
 }
 
-/// Tells a client without a route why it is refused: a fatal `unrecognized_name`
-/// alert on TLS, `421 Misdirected Request` on HTTP.
-async fn reject(client: &mut TcpStream, protocol: Protocol) {
-    let message: &[u8] = match protocol {
-        Protocol::Tls => &tls::UNRECOGNIZED_NAME_ALERT,
-        Protocol::Http => http::MISDIRECTED_RESPONSE,
-    };
-    if client.write_all(message).await.is_err() || client.shutdown().await.is_err() {
+/// `read` within the peek deadline, given up at the end of the shutdown drain.
+async fn bounded<T>(
+    deadline: tokio::time::Instant,
+    shutdown: &mut Shutdown,
+    read: impl std::future::Future<Output = Result<T, PeekError>>,
+) -> Result<T, Refusal> {
+    tokio::select! {
+        result = tokio::time::timeout_at(deadline, read) => {
+            result.unwrap_or(Err(PeekError::Timeout)).map_err(Refusal::Peek)
+        }
+        () = shutdown.reached(Phase::Closing) => Err(Refusal::Shutdown),
+    }
+}
+
+/// Writes sniroute's own answer (an alert, a 4xx), then closes so that the
+/// client can read all of it.
+async fn answer_and_close(client: &mut TcpStream, answer: &[u8]) {
+    if client.write_all(answer).await.is_err() || client.shutdown().await.is_err() {
         return;
     }
     // Closing with unread input would reset the connection and could destroy the

@@ -22,6 +22,7 @@ use toml::Spanned;
 pub use raw::{LogFormat, LogLevel};
 use raw::{RawBalance, RawConfig, RawProtocol, RawProxyProtocol, RawUpstream};
 
+use crate::access::{self, Access};
 use crate::peek::Protocol;
 use crate::pool::{Balance, HealthPolicy, Pool, Server};
 use crate::proxy_protocol;
@@ -43,11 +44,14 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
 }
 
-/// What a route leads to: a pool, and the count of connections routed that way
-/// (kept across reloads while the listener, pattern and pool stay the same).
+/// What a route leads to: a pool, who may take it, and the count of
+/// connections routed that way (kept across reloads while the listener,
+/// pattern and pool stay the same).
 #[derive(Debug)]
 pub struct Target {
     pub pool: Arc<Pool>,
+    /// The route's own `allow`/`deny`, checked after the listener's.
+    pub access: Option<Access>,
     pub routed: Arc<AtomicU64>,
 }
 
@@ -95,6 +99,8 @@ pub struct Listener {
     /// With `accept_proxy_protocol`: the sources that may (and must) send a PROXY
     /// header; connections from anywhere else are closed.
     pub proxy_from: Option<Vec<IpNet>>,
+    /// The listener's `allow`/`deny`: refused clients are closed unread.
+    pub access: Option<Access>,
 }
 
 /// Why a config cannot be used.
@@ -317,41 +323,67 @@ impl Ctx<'_> {
                 binds.push(addr);
             }
             let counters = self.route_counters(&binds);
-            let target = |pattern: &str, pool: Arc<Pool>| {
+            let target = |pattern: &str, pool: Arc<Pool>, access: Option<Access>| {
                 let routed = counters
                     .get(pattern)
                     .filter(|(name, _)| *name == pool.name)
                     .map_or_else(Arc::default, |(_, routed)| Arc::clone(routed));
-                Target { pool, routed }
+                Target {
+                    pool,
+                    access,
+                    routed,
+                }
             };
+            let protocol = match raw_l.protocol {
+                RawProtocol::Tls => Protocol::Tls,
+                RawProtocol::Http => Protocol::Http,
+                RawProtocol::Tcp => Protocol::Tcp,
+            };
+            if protocol == Protocol::Tcp {
+                if let Some((pattern, _)) = raw_l.routes.0.first() {
+                    return Err(self.at(pattern.span(), "a \"tcp\" listener reads nothing from the client, so it has no name to route on: remove [listeners.routes] and set `default`".into()));
+                }
+                if raw_l.default.is_none() {
+                    return Err(self.at(
+                        listener.span(),
+                        "a \"tcp\" listener needs `default`: the pool every connection goes to"
+                            .into(),
+                    ));
+                }
+            }
             let mut router = RouterBuilder::default();
-            for (pattern, pool_name) in &listener.get_ref().routes.0 {
-                let pool =
-                    self.pool_ref(&pools, pool_name, &format!("route `{}`", pattern.get_ref()))?;
+            for (pattern, route) in &raw_l.routes.0 {
+                let r = route.get_ref();
+                let name = r
+                    .pool
+                    .clone()
+                    .unwrap_or_else(|| Spanned::new(route.span(), r.pool_name.clone()));
+                let what = format!("route `{}`", pattern.get_ref());
+                let pool = self.pool_ref(&pools, &name, &what)?;
+                let access = self.access(&what, &r.allow, &r.deny)?;
                 router
-                    .add(pattern.get_ref(), target(pattern.get_ref(), pool))
+                    .add(pattern.get_ref(), target(pattern.get_ref(), pool, access))
                     .map_err(|e| self.at(pattern.span(), e.to_string()))?;
             }
             let default = match &raw_l.default {
                 Some(name) => Some(target(
                     DEFAULT_ROUTE,
                     self.pool_ref(&pools, name, "listener default")?,
+                    None,
                 )),
                 None => None,
             };
             if raw_l.routes.0.is_empty() && default.is_none() {
                 return Err(self.at(listener.span(), "listener has no routes and no default: nothing could ever be routed; add [listeners.routes] or `default`".into()));
             }
-            let protocol = match raw_l.protocol {
-                RawProtocol::Tls => Protocol::Tls,
-                RawProtocol::Http => Protocol::Http,
-            };
             let proxy_from = self.proxy_from(raw_l)?;
+            let access = self.access("listener", &raw_l.allow, &raw_l.deny)?;
             listeners.push(Listener {
                 binds,
                 protocol,
                 router: router.build(default),
                 proxy_from,
+                access,
             });
         }
         if let Some(addr) = metrics {
@@ -388,19 +420,32 @@ impl Ctx<'_> {
                 if from.get_ref().is_empty() {
                     return Err(self.at(from.span(), "proxy_protocol_from is empty: list the balancers in front, e.g. [\"10.0.0.0/8\"]".into()));
                 }
-                from.get_ref()
-                    .iter()
-                    .map(|net| {
-                        let text = net.get_ref().trim();
-                        text.parse::<IpNet>()
-                            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
-                            .map(|n| n.trunc())
-                            .map_err(|_| self.at(net.span(), format!("proxy_protocol_from: `{text}` is not an address or CIDR block (e.g. \"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\")")))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Some)
+                self.nets("proxy_protocol_from", from.get_ref()).map(Some)
             }
         }
+    }
+
+    /// The `allow` and `deny` lists of `what` (a listener, a route).
+    fn access(
+        &self,
+        what: &str,
+        allow: &raw::Nets,
+        deny: &raw::Nets,
+    ) -> Result<Option<Access>, ConfigError> {
+        let allow = self.nets(&format!("{what}: allow"), allow)?;
+        let deny = self.nets(&format!("{what}: deny"), deny)?;
+        Ok(Access::new(allow, deny))
+    }
+
+    /// Addresses and CIDR blocks, each error pointing at its entry.
+    fn nets(&self, key: &str, nets: &raw::Nets) -> Result<Vec<IpNet>, ConfigError> {
+        nets.iter()
+            .map(|net| {
+                access::parse_net(net.get_ref()).ok_or_else(|| {
+                    self.at(net.span(), format!("{key}: `{}` is not an address or CIDR block (e.g. \"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\")", net.get_ref().trim()))
+                })
+            })
+            .collect()
     }
 
     /// The routed-connection counters of the previous config's listener on the

@@ -89,13 +89,21 @@ pub struct RawListener {
     pub routes: Routes,
     pub accept_proxy_protocol: Option<Spanned<bool>>,
     pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub allow: Nets,
+    #[serde(default)]
+    pub deny: Nets,
 }
+
+/// A list of addresses or CIDR blocks (`allow`, `deny`), each with its place.
+pub type Nets = Vec<Spanned<String>>;
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RawProtocol {
     Tls,
     Http,
+    Tcp,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,7 +162,58 @@ impl<'de> Deserialize<'de> for OneOrMany {
 
 /// `[listeners.routes]`, kept in file order: `~regex` routes are tried in that order.
 #[derive(Debug, Default)]
-pub struct Routes(pub Vec<(Spanned<String>, Spanned<String>)>);
+pub struct Routes(pub Vec<(Spanned<String>, Spanned<RawRoute>)>);
+
+/// A route's value: `"pool"`, or `{ pool = "pool", allow = [...], deny = [...] }`.
+#[derive(Debug)]
+pub struct RawRoute {
+    /// `None` in the short form: the pool name is the whole value.
+    pub pool: Option<Spanned<String>>,
+    pub pool_name: String,
+    pub allow: Nets,
+    pub deny: Nets,
+}
+
+impl<'de> Deserialize<'de> for RawRoute {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct RouteVisitor;
+        impl<'de> Visitor<'de> for RouteVisitor {
+            type Value = RawRoute;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an upstream name, or { pool = \"upstream\", allow = [...], deny = [...] }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, pool: &str) -> Result<RawRoute, E> {
+                Ok(RawRoute {
+                    pool: None,
+                    pool_name: pool.to_owned(),
+                    allow: Vec::new(),
+                    deny: Vec::new(),
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRoute, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Table {
+                    pool: Spanned<String>,
+                    #[serde(default)]
+                    allow: Nets,
+                    #[serde(default)]
+                    deny: Nets,
+                }
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawRoute {
+                    pool_name: t.pool.get_ref().clone(),
+                    pool: Some(t.pool),
+                    allow: t.allow,
+                    deny: t.deny,
+                })
+            }
+        }
+        d.deserialize_any(RouteVisitor)
+    }
+}
 
 impl<'de> Deserialize<'de> for Routes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

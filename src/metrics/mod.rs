@@ -40,6 +40,8 @@ pub struct ListenerStats {
     no_route: AtomicU64,
     /// The warning that clients hit `max_connections_per_ip`.
     pub client_limit_warning: Throttle,
+    /// The warning that the listener's allow/deny refused clients.
+    pub denied_warning: Throttle,
 }
 
 impl ListenerStats {

@@ -4,6 +4,11 @@
 //! `Host` is ignored (`example.com:8080` routes as `example.com`). A request without
 //! `Host` (HTTP/1.0) has an absent name; two `Host` headers are a malformed request,
 //! since proxies disagreeing on which one counts is a classic smuggling vector.
+//! An HTTP/2 client with prior knowledge (h2c) opens with a fixed preface that
+//! names no host: it is recognised as such, not taken for a bad HTTP/1 request.
+//!
+//! The answers sniroute writes itself on an HTTP listener live here too, each
+//! with `Content-Length` and `Connection: close`.
 
 use super::{Parse, PeekError};
 use crate::name::HostName;
@@ -16,8 +21,28 @@ pub const MISDIRECTED_RESPONSE: &[u8] = b"HTTP/1.1 421 Misdirected Request\r\n\
 Content-Type: text/plain\r\nContent-Length: 36\r\nConnection: close\r\n\r\n\
 no route for this host on this port\n";
 
+/// Sent when a route's allow/deny refuses the client.
+pub const FORBIDDEN_RESPONSE: &[u8] = b"HTTP/1.1 403 Forbidden\r\n\
+Content-Type: text/plain\r\nContent-Length: 38\r\nConnection: close\r\n\r\n\
+this host is not open to your address\n";
+
+/// Sent when the request head does not fit in `limits.max_peek_bytes`.
+pub const TOO_LARGE_RESPONSE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+Content-Type: text/plain\r\nContent-Length: 26\r\nConnection: close\r\n\r\n\
+request head is too large\n";
+
+/// What an HTTP/2 client with prior knowledge sends first (RFC 9113 3.4).
+pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// Parses the bytes read so far from an HTTP client.
 pub fn parse(buf: &[u8]) -> Result<Parse, PeekError> {
+    if buf.starts_with(HTTP2_PREFACE) {
+        return Ok(Parse::Http2Preface);
+    }
+    if !buf.is_empty() && HTTP2_PREFACE.starts_with(buf) {
+        // `P` could still become `POST`; the preface is decided by its next bytes.
+        return Ok(Parse::Incomplete);
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(buf) {
@@ -95,7 +120,7 @@ mod tests {
     fn host(buf: &[u8]) -> Option<String> {
         match parse(buf).unwrap() {
             Parse::Complete(name) => name.map(|n| n.to_string()),
-            Parse::Incomplete => panic!("incomplete"),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -196,10 +221,31 @@ mod tests {
     }
 
     #[test]
-    fn misdirected_response_content_length_is_exact() {
-        let text = std::str::from_utf8(MISDIRECTED_RESPONSE).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("Content-Length: {}", body.len())));
+    fn answers_have_exact_content_length_and_close() {
+        for answer in [MISDIRECTED_RESPONSE, FORBIDDEN_RESPONSE, TOO_LARGE_RESPONSE] {
+            let text = std::str::from_utf8(answer).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(
+                head.contains(&format!("Content-Length: {}", body.len())),
+                "{text}"
+            );
+            assert!(head.contains("Connection: close"), "{text}");
+        }
+    }
+
+    #[test]
+    fn http2_preface_is_recognised_at_every_split() {
+        for end in 1..HTTP2_PREFACE.len() {
+            assert_eq!(parse(&HTTP2_PREFACE[..end]).unwrap(), Parse::Incomplete);
+        }
+        let mut with_frames = HTTP2_PREFACE.to_vec();
+        with_frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(parse(&with_frames).unwrap(), Parse::Http2Preface);
+        // Requests that start like it are still HTTP/1.
+        assert_eq!(
+            host(b"POST / HTTP/1.1\r\nHost: a.example.com\r\n\r\n").as_deref(),
+            Some("a.example.com")
+        );
     }
 
     mod properties {

@@ -11,20 +11,22 @@ pub mod http;
 pub mod tls;
 
 use std::io;
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::name::HostName;
 use crate::proxy_protocol::{self, Addresses, Parsed};
 
-/// Which parser a listener uses.
+/// What a listener reads from a client before routing it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     /// Route on the SNI of a TLS ClientHello.
     Tls,
     /// Route on the `Host` header of an HTTP/1.x request head.
     Http,
+    /// Read nothing: every connection goes to the default at once, so a server
+    /// that speaks first (an SSH banner, an SMTP greeting) is heard at once.
+    Tcp,
 }
 
 impl Protocol {
@@ -32,14 +34,17 @@ impl Protocol {
         match self {
             Protocol::Tls => "tls",
             Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
         }
     }
 
-    /// Runs this protocol's parser over everything read so far.
+    /// Runs this protocol's parser over everything read so far (for `Tcp`,
+    /// nothing is needed: complete before any byte).
     pub fn parse(self, buf: &[u8]) -> Result<Parse, PeekError> {
         match self {
             Protocol::Tls => tls::parse(buf),
             Protocol::Http => http::parse(buf),
+            Protocol::Tcp => Ok(Parse::Complete(None)),
         }
     }
 }
@@ -49,6 +54,9 @@ impl Protocol {
 pub enum Parse {
     /// The hello / request head is complete. `None`: it carries no usable name.
     Complete(Option<HostName>),
+    /// An HTTP/2 connection preface (h2c with prior knowledge): a whole, valid
+    /// start that names no host, routed like an absent name.
+    Http2Preface,
     /// A valid prefix: read more.
     Incomplete,
 }
@@ -58,10 +66,9 @@ pub enum Parse {
 #[derive(Debug)]
 pub struct Peeked {
     pub name: Option<HostName>,
+    /// The client opened with the HTTP/2 preface (no name: default or close).
+    pub http2: bool,
     pub bytes: Vec<u8>,
-    /// The client's real addresses, from a PROXY header (when one was expected
-    /// and it named a client).
-    pub proxied: Option<Addresses>,
 }
 
 /// Why a peek failed. The connection is closed and no server is contacted.
@@ -145,50 +152,52 @@ impl PeekError {
     }
 }
 
-/// Reads from `stream` until `protocol`'s parser has a complete head, within
-/// `timeout` for everything and `max_bytes` for the head (and, separately, for a
-/// PROXY header). With `proxy_header`, a PROXY protocol header must come first.
-pub async fn peek<S: AsyncRead + Unpin>(
+/// Reads the PROXY protocol header that must open the stream (at most
+/// `max_bytes` of it). Returns the client's real addresses (`None` when the
+/// header names none, as a balancer's own health check does) and the bytes that
+/// followed it in the same read: the start of the client's own bytes.
+pub async fn proxy_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max_bytes: usize,
+) -> Result<(Option<Addresses>, Vec<u8>), PeekError> {
+    let mut buf = Vec::new();
+    let (addresses, len) = fill(
+        stream,
+        &mut buf,
+        max_bytes,
+        |b| match proxy_protocol::parse(b)? {
+            Parsed::Complete { addresses, len } => Ok(Some((addresses, len))),
+            Parsed::Incomplete => Ok(None),
+        },
+    )
+    .await?;
+    buf.drain(..len);
+    Ok((addresses, buf))
+}
+
+/// Reads from `stream` until `protocol`'s parser has a complete head, never
+/// taking more than `max_bytes` in all. `buf` holds what was read already (after
+/// a PROXY header); for `Tcp` nothing more is read at all. The caller bounds
+/// the time.
+pub async fn head<S: AsyncRead + Unpin>(
     stream: &mut S,
     protocol: Protocol,
+    mut buf: Vec<u8>,
     max_bytes: usize,
-    timeout: Duration,
-    proxy_header: bool,
 ) -> Result<Peeked, PeekError> {
-    let read = async {
-        let mut buf = Vec::new();
-        let mut proxied = None;
-        if proxy_header {
-            let (addresses, len) =
-                fill(
-                    stream,
-                    &mut buf,
-                    max_bytes,
-                    |b| match proxy_protocol::parse(b)? {
-                        Parsed::Complete { addresses, len } => Ok(Some((addresses, len))),
-                        Parsed::Incomplete => Ok(None),
-                    },
-                )
-                .await?;
-            proxied = addresses;
-            buf.drain(..len);
+    let (name, http2) = fill(stream, &mut buf, max_bytes, |b| {
+        match protocol.parse(b)? {
+            Parse::Complete(name) => Ok(Some((name, false))),
+            Parse::Http2Preface => Ok(Some((None, true))),
+            Parse::Incomplete => Ok(None),
         }
-        let name = fill(stream, &mut buf, max_bytes, |b| {
-            match protocol.parse(b)? {
-                Parse::Complete(name) => Ok(Some(name)),
-                Parse::Incomplete => Ok(None),
-            }
-        })
-        .await?;
-        Ok(Peeked {
-            name,
-            bytes: buf,
-            proxied,
-        })
-    };
-    tokio::time::timeout(timeout, read)
-        .await
-        .unwrap_or(Err(PeekError::Timeout))
+    })
+    .await?;
+    Ok(Peeked {
+        name,
+        http2,
+        bytes: buf,
+    })
 }
 
 /// Most hellos fit in one read of this size; larger ones grow the buffer up to the cap.
@@ -196,17 +205,17 @@ const READ_CHUNK: usize = 2048;
 
 /// Reads into `buf` until `parse` (which sees all of `buf` each time) returns a
 /// value, never letting `buf` grow past `max_bytes`. `buf` may already hold
-/// bytes (what followed a PROXY header in the same read).
+/// bytes (what followed a PROXY header in the same read); `parse` sees them,
+/// or the empty buffer, before anything is read, so a parser that needs no
+/// bytes never waits for one.
 async fn fill<S: AsyncRead + Unpin, T>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     max_bytes: usize,
     parse: impl Fn(&[u8]) -> Result<Option<T>, PeekError>,
 ) -> Result<T, PeekError> {
-    if !buf.is_empty() {
-        if let Some(done) = parse(buf)? {
-            return Ok(done);
-        }
+    if let Some(done) = parse(buf)? {
+        return Ok(done);
     }
     loop {
         // The cap is on the length, never the capacity: we read at most `max_bytes`.
@@ -232,7 +241,31 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    use std::time::Duration;
+
     const HELLO: &[u8] = include_bytes!("../../tests/fixtures/hello/curl.bin");
+
+    /// The PROXY header (when `proxied`) then the head, within `timeout`, as a
+    /// connection reads them.
+    async fn peek<S: AsyncRead + Unpin>(
+        stream: &mut S,
+        protocol: Protocol,
+        max_bytes: usize,
+        timeout: Duration,
+        proxied: bool,
+    ) -> Result<(Peeked, Option<Addresses>), PeekError> {
+        let read = async {
+            let (addresses, buf) = if proxied {
+                proxy_header(stream, max_bytes).await?
+            } else {
+                (None, Vec::new())
+            };
+            Ok((head(stream, protocol, buf, max_bytes).await?, addresses))
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .unwrap_or(Err(PeekError::Timeout))
+    }
 
     #[tokio::test]
     async fn hello_in_one_byte_segments_is_assembled_and_kept_whole() {
@@ -243,7 +276,7 @@ mod tests {
             }
             client
         });
-        let peeked = peek(
+        let (peeked, _) = peek(
             &mut server,
             Protocol::Tls,
             16384,
@@ -269,7 +302,7 @@ mod tests {
             client.write_all(&bytes[10..]).await.unwrap();
             client
         });
-        let peeked = peek(
+        let (peeked, proxied) = peek(
             &mut server,
             Protocol::Tls,
             16384,
@@ -283,7 +316,7 @@ mod tests {
             "the header is not replayed as client bytes"
         );
         assert_eq!(peeked.name.unwrap().as_str(), "curl.example.com");
-        let p = peeked.proxied.unwrap();
+        let p = proxied.unwrap();
         assert_eq!(
             (p.client.to_string(), p.local.to_string()),
             ("203.0.113.9:56324".into(), "198.51.100.1:443".into())
@@ -402,7 +435,7 @@ mod tests {
                         }
                     });
                     let result = peek(&mut server, protocol, max, Duration::from_secs(5), false).await;
-                    if let Ok(peeked) = &result {
+                    if let Ok((peeked, _)) = &result {
                         assert!(peeked.bytes.len() <= max);
                     }
                     let mut rest = Vec::new();

@@ -25,6 +25,10 @@ const MAX_PLAINTEXT: usize = 1 << 14;
 /// The fatal `unrecognized_name` alert (RFC 6066) sent when no route matches.
 pub const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
+/// The fatal `access_denied` alert (RFC 8446 6.2) sent when a route's
+/// allow/deny refuses the client.
+pub const ACCESS_DENIED_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
+
 /// Parses the bytes read so far from a TLS client.
 ///
 /// `Complete(None)` means a valid ClientHello without a usable host name (no SNI
@@ -144,7 +148,7 @@ pub(crate) mod tests {
     fn name_of(buf: &[u8]) -> Option<String> {
         match parse(buf).unwrap() {
             Parse::Complete(name) => name.map(|n| n.to_string()),
-            Parse::Incomplete => panic!("incomplete"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -14,7 +14,7 @@ use std::io;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use super::{Direction, Side};
+use super::{Broken, Direction};
 
 const BUF_SIZE: usize = 16 * 1024;
 
@@ -27,9 +27,9 @@ pub(super) enum Finished {
     Bulk,
 }
 
-pub(super) async fn run(d: &Direction<'_>, until_bulk: bool) -> Result<Finished, Side> {
+pub(super) async fn run(d: &Direction<'_>, until_bulk: bool) -> Result<Finished, Broken> {
     loop {
-        d.from.readable().await.map_err(|_| d.from_side)?;
+        d.from.readable().await.map_err(|e| d.read_failed(&e))?;
         // Uninitialised capacity, filled by the read: no zeroing per burst.
         let mut buf = Vec::with_capacity(BUF_SIZE);
         loop {
@@ -48,7 +48,7 @@ pub(super) async fn run(d: &Direction<'_>, until_bulk: bool) -> Result<Finished,
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Err(d.from_side),
+                Err(e) => return Err(d.read_failed(&e)),
             }
         }
     }
@@ -76,9 +76,9 @@ fn read(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
-async fn write_all(d: &Direction<'_>, mut bytes: &[u8]) -> Result<(), Side> {
+async fn write_all(d: &Direction<'_>, mut bytes: &[u8]) -> Result<(), Broken> {
     while !bytes.is_empty() {
-        d.to.writable().await.map_err(|_| d.to_side())?;
+        d.to.writable().await.map_err(|e| d.write_failed(&e))?;
         match d.to.try_write(bytes) {
             Ok(n) => bytes = &bytes[n..],
             Err(e)
@@ -86,7 +86,7 @@ async fn write_all(d: &Direction<'_>, mut bytes: &[u8]) -> Result<(), Side> {
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) => {}
-            Err(_) => return Err(d.to_side()),
+            Err(e) => return Err(d.write_failed(&e)),
         }
     }
     Ok(())

@@ -34,12 +34,34 @@ pub enum End {
     Closed,
     /// No byte either way for `timeouts.idle`.
     Idle,
-    /// A read or write failed (reset, broken pipe) on the client side.
-    ClientError,
-    /// A read or write failed on the upstream side.
-    UpstreamError,
+    /// A read or write failed (reset, broken pipe): on the client side when
+    /// `Broken::side` says so, else on the upstream side.
+    Broken(Broken),
     /// Cut at the end of the shutdown drain.
     Shutdown,
+}
+
+/// The I/O error that ended a relay: which socket, doing what, and what the
+/// kernel said. Small and `Copy`, so a relay carries it without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Broken {
+    pub side: Side,
+    /// Whether it was a write (else a read, or waiting to read).
+    pub writing: bool,
+    pub kind: io::ErrorKind,
+}
+
+impl std::fmt::Display for Broken {
+    /// `reading from the client: connection reset`
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (op, side) = match (self.writing, self.side) {
+            (false, Side::Client) => ("reading from", "the client"),
+            (false, Side::Upstream) => ("reading from", "the server"),
+            (true, Side::Client) => ("writing to", "the client"),
+            (true, Side::Upstream) => ("writing to", "the server"),
+        };
+        write!(f, "{op} {side}: {}", self.kind)
+    }
 }
 
 /// Bytes moved and how it ended.
@@ -108,8 +130,8 @@ impl Engine {
 }
 
 /// Which socket an I/O error came from.
-#[derive(Debug, Clone, Copy)]
-enum Side {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
     Client,
     Upstream,
 }
@@ -151,10 +173,24 @@ impl Direction<'_> {
         self.activity.touch();
     }
 
-    fn to_side(&self) -> Side {
-        match self.from_side {
-            Side::Client => Side::Upstream,
-            Side::Upstream => Side::Client,
+    /// A failed read (or wait for readiness) of `from`.
+    fn read_failed(&self, e: &io::Error) -> Broken {
+        Broken {
+            side: self.from_side,
+            writing: false,
+            kind: e.kind(),
+        }
+    }
+
+    /// A failed write to `to`.
+    fn write_failed(&self, e: &io::Error) -> Broken {
+        Broken {
+            side: match self.from_side {
+                Side::Client => Side::Upstream,
+                Side::Upstream => Side::Client,
+            },
+            writing: true,
+            kind: e.kind(),
         }
     }
 
@@ -169,7 +205,7 @@ impl Direction<'_> {
         let _: io::Result<()> = socket2::SockRef::from(self.to).shutdown(std::net::Shutdown::Write);
     }
 
-    async fn run(&self, engine: Engine) -> Result<(), Side> {
+    async fn run(&self, engine: Engine) -> Result<(), Broken> {
         if engine == Engine::Copy {
             return copy::run(self, false).await.map(drop);
         }
@@ -179,7 +215,7 @@ impl Direction<'_> {
         }
         match splice::run(self).await {
             Ok(()) => Ok(()),
-            Err(splice::Error::Side(side)) => Err(side),
+            Err(splice::Error::Broken(broken)) => Err(broken),
             Err(splice::Error::Unsupported) => {
                 // Splice moved nothing and copy holds nothing: copy takes over cleanly.
                 ENGINE.store(COPY, Ordering::Relaxed);
@@ -233,8 +269,7 @@ pub async fn relay(
     let end = tokio::select! {
         result = both => match result {
             Ok(_) => End::Closed,
-            Err(Side::Client) => End::ClientError,
-            Err(Side::Upstream) => End::UpstreamError,
+            Err(broken) => End::Broken(broken),
         },
         () = watchdog => End::Idle,
         () = stop => End::Shutdown,

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::io::Interest;
 
-use super::{Direction, Side};
+use super::{Broken, Direction};
 
 /// The capacity asked for each pipe. Larger than the kernel's default of 64 KiB:
 /// fewer, larger splices per byte. Measured with the bulk case of the compare
@@ -44,8 +44,8 @@ pub(super) enum Error {
     /// The kernel refused splice for these descriptors before any byte moved:
     /// the caller may fall back to copying.
     Unsupported,
-    /// An I/O error on that side: the relay ends.
-    Side(Side),
+    /// An I/O error: the relay ends.
+    Broken(Broken),
 }
 
 /// Whether this kernel has splice and pipes we can use (one probe, at start).
@@ -133,7 +133,7 @@ pub(super) async fn run(d: &Direction<'_>) -> Result<(), Error> {
         d.from
             .readable()
             .await
-            .map_err(|_| Error::Side(d.from_side))?;
+            .map_err(|e| Error::Broken(d.read_failed(&e)))?;
         let pipe = take().map_err(|_| Error::Unsupported)?;
         // Move bytes until the source runs dry; the pipe is empty whenever this
         // returns, except on an error, when it is dropped (closed) instead.
@@ -173,7 +173,7 @@ async fn burst(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Burst::Dry),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if !*moved_any && refused(&e) => return Err(Error::Unsupported),
-            Err(_) => return Err(Error::Side(d.from_side)),
+            Err(e) => return Err(Error::Broken(d.read_failed(&e))),
         };
         *moved_any = true;
         // Drain the pipe completely before reading again: it never holds bytes
@@ -194,9 +194,9 @@ async fn burst(
                 {
                     d.to.writable()
                         .await
-                        .map_err(|_| Error::Side(d.to_side()))?;
+                        .map_err(|e| Error::Broken(d.write_failed(&e)))?;
                 }
-                Err(_) => return Err(Error::Side(d.to_side())),
+                Err(e) => return Err(Error::Broken(d.write_failed(&e))),
             }
         }
     }
