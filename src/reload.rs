@@ -197,9 +197,10 @@ impl Watcher {
     }
 }
 
-/// What a reload changed, for the log line.
+/// What a reload changed, for the log line: every section of the file.
 #[derive(Debug, Default)]
 pub struct Diff {
+    settings: Changes,
     listeners: Changes,
     pools: Changes,
     routes: Changes,
@@ -238,6 +239,7 @@ impl Changes {
 impl Diff {
     pub fn between(old: &Config, new: &Config) -> Diff {
         Diff {
+            settings: Changes::between(&settings(old), &settings(new)),
             listeners: Changes::between(&listeners(old), &listeners(new)),
             pools: Changes::between(&pools(old), &pools(new)),
             routes: Changes::between(&routes(old), &routes(new)),
@@ -245,7 +247,33 @@ impl Diff {
     }
 }
 
-/// bind address → protocol and PROXY protocol sources
+/// `section.key` → value, for the sections outside listeners and upstreams
+/// (`[log]` and `[metrics]` are named too, though they apply at the next start).
+fn settings(c: &Config) -> BTreeMap<String, String> {
+    let t = &c.timeouts;
+    let l = &c.limits;
+    [
+        ("timeouts.peek", format!("{:?}", t.peek)),
+        ("timeouts.connect", format!("{:?}", t.connect)),
+        ("timeouts.idle", format!("{:?}", t.idle)),
+        ("timeouts.shutdown", format!("{:?}", t.shutdown)),
+        ("limits.max_connections", l.max_connections.to_string()),
+        ("limits.max_peek_bytes", l.max_peek_bytes.to_string()),
+        (
+            "limits.max_connections_per_ip",
+            format!("{:?}", l.max_connections_per_ip),
+        ),
+        ("log.level", format!("{:?}", c.log.level)),
+        ("log.format", format!("{:?}", c.log.format)),
+        ("log.access_log", c.log.access_log.to_string()),
+        ("metrics.bind", format!("{:?}", c.metrics)),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// bind address → protocol, PROXY protocol sources and allow/deny
 fn listeners(c: &Config) -> BTreeMap<String, String> {
     c.listeners
         .iter()
@@ -253,7 +281,7 @@ fn listeners(c: &Config) -> BTreeMap<String, String> {
             l.binds.iter().map(move |b| {
                 (
                     b.to_string(),
-                    format!("{} {:?}", l.protocol.as_str(), l.proxy_from),
+                    format!("{} {:?} {:?}", l.protocol.as_str(), l.proxy_from, l.access),
                 )
             })
         })
@@ -288,7 +316,10 @@ fn routes(c: &Config) -> BTreeMap<String, String> {
         let routes = l.router.routes_and_default();
         for r in routes {
             for b in &l.binds {
-                map.insert(format!("{b} {}", r.pattern), r.target.pool.name.to_string());
+                map.insert(
+                    format!("{b} {}", r.pattern),
+                    format!("{} {:?}", r.target.pool.name, r.target.access),
+                );
             }
         }
     }
@@ -297,15 +328,17 @@ fn routes(c: &Config) -> BTreeMap<String, String> {
 
 impl fmt::Display for Diff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.listeners.is_empty() && self.pools.is_empty() && self.routes.is_empty() {
-            return f.write_str("no changes");
-        }
-        let mut first = true;
-        for (what, c) in [
+        let sections = [
+            ("settings", &self.settings),
             ("listeners", &self.listeners),
             ("pools", &self.pools),
             ("routes", &self.routes),
-        ] {
+        ];
+        if sections.iter().all(|(_, c)| c.is_empty()) {
+            return f.write_str("no changes");
+        }
+        let mut first = true;
+        for (what, c) in sections {
             for (sign, names) in [("+", &c.added), ("-", &c.removed), ("~", &c.changed)] {
                 if names.is_empty() {
                     continue;
