@@ -106,7 +106,12 @@ async fn curl_sends_mail_through_a_tcp_listener() {
         Command::new("curl")
             .args(["--silent", "--show-error", "--max-time", "10"])
             .arg(format!("smtp://{listen}"))
-            .args(["--mail-from", "a@example.com", "--mail-rcpt", "b@example.com"])
+            .args([
+                "--mail-from",
+                "a@example.com",
+                "--mail-rcpt",
+                "b@example.com",
+            ])
             .arg("--upload-file")
             .arg(&body)
             .stdin(Stdio::null())
@@ -205,8 +210,7 @@ async fn ssh_keyscan_reaches_a_real_sshd() {
         .stderr(Stdio::null())
         .spawn()
         .expect("sshd (openssh-server)");
-    poll(DEADLINE, || std::net::TcpStream::connect(sshd_addr).ok())
-        .expect("sshd does not listen");
+    poll(DEADLINE, || std::net::TcpStream::connect(sshd_addr).ok()).expect("sshd does not listen");
     let listen = free_addr("127.0.0.1");
     let _proxy = Sniroute::start(&tcp_config(listen, &[sshd_addr], ""));
     let out = tokio::task::spawn_blocking(move || {

@@ -445,6 +445,31 @@ fn tls_server_config() -> Arc<rustls::ServerConfig> {
 /// A verifying rustls client: connects to `proxy` asking for `sni`, sends one
 /// line, returns the server's answer.
 pub async fn tls_request(proxy: SocketAddr, sni: &str) -> std::io::Result<String> {
+    tls_request_from(proxy, None, sni).await
+}
+
+/// Connects to `addr` from the local address `from` (a loopback address standing
+/// for a client host), or from wherever the kernel picks.
+pub async fn connect_from(addr: SocketAddr, from: Option<&str>) -> std::io::Result<TcpStream> {
+    let Some(ip) = from else {
+        return TcpStream::connect(addr).await;
+    };
+    let ip: std::net::IpAddr = ip.parse().unwrap();
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// [`tls_request`] from the local address `from`.
+pub async fn tls_request_from(
+    proxy: SocketAddr,
+    from: Option<&str>,
+    sni: &str,
+) -> std::io::Result<String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki().cert_der.clone()).unwrap();
@@ -454,7 +479,7 @@ pub async fn tls_request(proxy: SocketAddr, sni: &str) -> std::io::Result<String
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let stream = TcpStream::connect(proxy).await?;
+    let stream = connect_from(proxy, from).await?;
     let name =
         rustls::pki_types::ServerName::try_from(sni.to_owned()).map_err(std::io::Error::other)?;
     let mut tls = connector.connect(name, stream).await?;
