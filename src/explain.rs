@@ -4,6 +4,7 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::access::Access;
 use crate::config::Config;
 use crate::name::HostName;
 use crate::peek::Protocol;
@@ -37,9 +38,18 @@ pub fn summary(config: &Config, path: &str) -> String {
             join(&l.binds),
             l.router.default_route().map_or("none", |r| &*r.target.pool.name),
         );
+        if let Some(access) = &l.access {
+            let _ = writeln!(out, "        clients: {access}");
+        }
         let routes = l.router.routes();
         for r in routes.iter().take(SUMMARY_ROUTES) {
-            let _ = writeln!(out, "        {} -> {}", r.pattern, r.target.pool.name);
+            let _ = writeln!(
+                out,
+                "        {} -> {}{}",
+                r.pattern,
+                r.target.pool.name,
+                access_note(r.target.access.as_ref())
+            );
         }
         if routes.len() > SUMMARY_ROUTES {
             let more = routes.len() - SUMMARY_ROUTES;
@@ -88,7 +98,15 @@ pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Opt
         );
         match l.router.route(parsed.as_ref()) {
             Some(route) => {
-                let _ = writeln!(out, "  route:   {}", route.pattern);
+                if let Some(access) = &l.access {
+                    let _ = writeln!(out, "  clients: {access} (listener)");
+                }
+                let _ = writeln!(
+                    out,
+                    "  route:   {}{}",
+                    route.pattern,
+                    access_note(route.target.access.as_ref())
+                );
                 let _ = writeln!(out, "  pool:    {}", describe_pool(&route.target.pool));
                 let now = Instant::now();
                 for s in &route.target.pool.servers {
@@ -115,6 +133,11 @@ pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Opt
         }
     }
     (matched > 0).then_some(out)
+}
+
+/// ` (allow [...] deny [...])` for a route with its own lists, else nothing.
+fn access_note(access: Option<&Access>) -> String {
+    access.map_or(String::new(), |a| format!(" ({a})"))
 }
 
 fn describe_pool(pool: &Pool) -> String {
