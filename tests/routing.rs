@@ -353,6 +353,8 @@ async fn json_access_log_lines_parse_and_carry_every_field() {
     assert_eq!(v["server"], up.addr.to_string());
     assert_eq!(v["listener"], listen.to_string());
     assert_eq!(v["outcome"], "closed");
+    // Text lines quote an empty value (logfmt); JSON has its own quoting.
+    assert_eq!(v["reason"], "");
     assert!(v["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(v["bytes_up"].as_u64().unwrap() > 200, "{line}");
     assert!(v["bytes_down"].as_u64().unwrap() > 200, "{line}");
