@@ -1,20 +1,24 @@
 //! sniroute: a Layer-4 load balancer that routes TLS by SNI and HTTP by `Host`
-//! without terminating anything.
+//! (and passes plain TCP to one pool) without terminating anything.
 //!
 //! The data path, one module per step:
 //!
 //! 1. [`listener`] accepts, within `max_connections`, and spawns one task per client;
-//! 2. [`peek`] reads the ClientHello or request head into a bounded buffer and
+//! 2. [`proxy`] handles it in named steps: admit ([`access`] lists, the
+//!    per-client limit, after a [`proxy_protocol`] header where one is taken),
+//!    detect, route, forward;
+//! 3. [`peek`] reads the ClientHello or request head into a bounded buffer and
 //!    parses the name ([`name::HostName`]);
-//! 3. [`route`] maps the name to a pool (exact, `*.wildcard`, `~regex`, default);
-//! 4. [`pool`] picks a server (least_conn / round_robin, backups, passive health);
-//! 5. [`connect`] connects, moving on to the next server at once on failure;
-//! 6. [`relay`] replays the peeked bytes and copies both ways until both close.
+//! 4. [`route`] maps the name to a pool (exact, `*.wildcard`, `~regex`, default);
+//! 5. [`pool`] picks a server (least_conn / round_robin, backups, passive health);
+//! 6. [`connect`] connects, moving on to the next server at once on failure;
+//! 7. [`relay`] replays the peeked bytes and copies both ways until both close.
 //!
-//! [`proxy`] strings these together for one connection; [`server`] runs the
-//! listeners, [`reload`] and the shutdown; [`config`] turns the TOML into the
-//! immutable tables all of this reads. [`import`] translates an nginx `stream {}`
-//! config into sniroute's (`sniroute import-nginx`).
+//! [`server`] runs the listeners, [`reload`] and the shutdown; [`config`] turns
+//! the TOML into the immutable tables all of this reads. [`import`] translates
+//! an nginx `stream {}` config into sniroute's (`sniroute import-nginx`).
+//! The shared vocabulary sits below all of them, importing none: [`outcome`],
+//! [`throttle`], [`connections`], [`histogram`], [`shutdown`].
 //!
 //! This library is the binary's inside, not an API: its documentation is built
 //! with private items (`cargo doc --document-private-items`), where module docs

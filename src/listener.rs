@@ -6,7 +6,7 @@
 //! config once ([`Shared::config`]) and keeps that snapshot to its end.
 //!
 //! [`Connections`] counts open client connections against `max_connections` with
-//! a [`Slot`] held by each connection task and released on drop. Past the limit a
+//! a [`Slot`](crate::connections::Slot) held by each connection task and released on drop. Past the limit a
 //! new connection is closed at once. A failing `accept()` (typically EMFILE) backs
 //! off exponentially, from 5 ms to 1 s, instead of spinning.
 
