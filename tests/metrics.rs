@@ -449,3 +449,25 @@ async fn a_stalled_stderr_drops_log_lines_instead_of_stalling_connections() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_max_is_the_running_configs_limit() {
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let config = |max: u32| {
+        format!(
+            "[limits]\nmax_connections = {max}\n[metrics]\nbind = \"{metrics}\"\n\
+             [[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\ndefault = \"p\"\n\
+             [upstreams.p]\nservers = [\"127.0.0.2:9\"]\n"
+        )
+    };
+    let proxy = Sniroute::start(&config(300));
+    proxy.wait_log("serving GET /metrics");
+    let m = parse(&get(metrics, "/metrics").await.1);
+    assert_eq!(value(&m, "sniroute_connections_max", &[]), 300.0);
+
+    std::fs::write(proxy.path(), config(500)).unwrap();
+    proxy.signal("HUP");
+    proxy.wait_log("config reloaded");
+    let m = parse(&get(metrics, "/metrics").await.1);
+    assert_eq!(value(&m, "sniroute_connections_max", &[]), 500.0);
+}

@@ -1,6 +1,7 @@
 //! The files the Debian package installs: the default config passes `--check`
-//! exactly as an operator will see it, and the systemd unit runs the binary
-//! on that config where the package puts them.
+//! exactly as an operator will see it, the systemd unit runs the binary on
+//! that config where the package puts them, and README's install table lists
+//! every file the package ships.
 
 mod common;
 
@@ -8,6 +9,8 @@ use common::*;
 
 const DEFAULT_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/sniroute.toml");
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/sniroute.service");
+const MANIFEST: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
 
 #[test]
 fn the_packaged_default_config_passes_check() {
@@ -57,4 +60,32 @@ fn the_unit_checks_then_runs_the_default_config_as_the_sniroute_user() {
     assert!(notify < reload, "{notify:?} {reload:?}");
     // The stop timeout leaves room for the whole drain.
     assert!(lines.contains(&"TimeoutStopSec=45s"));
+}
+
+#[test]
+fn the_readme_install_table_lists_every_file_the_package_ships() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(MANIFEST).unwrap()).unwrap();
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap();
+    let readme = std::fs::read_to_string(README).unwrap();
+    let install = readme
+        .split("\n## Install on Debian/Ubuntu\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("no Install section in README");
+    assert!(!assets.is_empty());
+    for asset in assets {
+        let (source, target) = (asset[0].as_str().unwrap(), asset[1].as_str().unwrap());
+        // A target ending in `/` is a directory: the file keeps its name.
+        let path = match target.strip_suffix('/') {
+            Some(dir) => format!("/{dir}/{}", source.rsplit('/').next().unwrap()),
+            None => format!("/{target}"),
+        };
+        assert!(
+            install.contains(&format!("\n| `{path}` | ")),
+            "README's install table lacks {path}"
+        );
+    }
 }

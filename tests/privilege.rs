@@ -1,6 +1,8 @@
 //! Least privilege: an unprivileged user binds :443 with CAP_NET_BIND_SERVICE
-//! alone, fails clearly without it, and root gets a warning. Needs root to
-//! switch users (as CI runs); elsewhere it says so and checks nothing.
+//! alone, fails clearly without it, and root gets a warning. These tests need
+//! root (to switch users, and to be root), so a plain `cargo test` ignores
+//! them; `.ci/run` runs them as root with
+//! `cargo test --tests -- --ignored`. Run without root, they fail.
 
 mod common;
 
@@ -8,11 +10,14 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout == b"0\n")
+/// Fails the test unless it runs as root: without root it could check nothing.
+fn require_root() {
+    let uid = Command::new("id").arg("-u").output().unwrap().stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&uid),
+        "0\n",
+        "needs root: run as root with `cargo test --test privilege -- --ignored`"
+    );
 }
 
 /// Runs `sniroute --config` on a config binding 127.0.0.5:443 as `nobody`, with
@@ -65,11 +70,9 @@ fn run_as_nobody(with_capability: bool) -> (bool, String) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_unprivileged_user_binds_443_with_the_capability_alone() {
-    if !is_root() {
-        eprintln!("not root: cannot switch users to test capabilities; nothing checked");
-        return;
-    }
+    require_root();
     let (ready, log) = run_as_nobody(true);
     assert!(ready, "did not bind with CAP_NET_BIND_SERVICE:\n{log}");
     assert!(!log.contains("running as root"), "{log}");
@@ -83,11 +86,9 @@ fn an_unprivileged_user_binds_443_with_the_capability_alone() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn root_is_warned_that_it_is_not_needed() {
-    if !is_root() {
-        eprintln!("not root: nothing to check");
-        return;
-    }
+    require_root();
     let listen = free_addr("127.0.0.1");
     let proxy = Sniroute::start(&format!(
         "[[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\ndefault = \"p\"\n[upstreams.p]\nservers = [\"127.0.0.2:9\"]\n"

@@ -214,6 +214,16 @@ impl Collector for Metrics {
         )?;
         family(
             &mut enc,
+            "sniroute_connections_max",
+            "limits.max_connections of the running config: past it, new connections are closed at once.",
+            MetricType::Gauge,
+            [(
+                Labels::new(),
+                Sample::Gauge(config.limits.max_connections as i64),
+            )],
+        )?;
+        family(
+            &mut enc,
             "sniroute_peek_failures",
             "Connections closed before routing, by listener and reason; no_route: no route and no default.",
             MetricType::Counter,

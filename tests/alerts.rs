@@ -1,0 +1,197 @@
+//! The alert rules and the dashboard the package ships: `promtool` checks the
+//! rules and runs their unit tests (`tests/fixtures/prometheus-alerts-test.yml`),
+//! every alert has a case where it fires and one where it does not, every
+//! metric and label value the rules and the dashboard name is one that a
+//! running sniroute exports, and `promtool check metrics` accepts a scrape.
+//!
+//! promtool comes with Prometheus (Debian/Ubuntu: `apt-get install
+//! --no-install-recommends prometheus`). Without it these tests fail: they
+//! never pass having checked nothing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const RULES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/packaging/prometheus-alerts.yml"
+);
+const RULE_TESTS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/prometheus-alerts-test.yml"
+);
+const DASHBOARD: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/packaging/grafana-dashboard.json"
+);
+
+/// Runs promtool with `input` on its stdin; returns whether it succeeded, and
+/// its stdout followed by its stderr.
+fn promtool(args: &[&str], input: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run promtool ({e}): install it with `apt-get install --no-install-recommends prometheus`"
+            )
+        });
+    // Small enough for the pipe: written whole before the output is read.
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The alert names of the rules file, in file order.
+fn alerts() -> Vec<String> {
+    std::fs::read_to_string(RULES)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn promtool_checks_the_rules() {
+    let (ok, out) = promtool(&["check", "rules", RULES], "");
+    let n = alerts().len();
+    assert!(ok, "{out}");
+    assert_eq!(
+        out,
+        format!("Checking {RULES}\n  SUCCESS: {n} rules found\n\n")
+    );
+}
+
+#[test]
+fn every_alert_passes_its_promtool_cases() {
+    let (ok, out) = promtool(&["test", "rules", RULE_TESTS], "");
+    assert!(ok, "{out}");
+    assert_eq!(out, format!("Unit Testing:  {RULE_TESTS}\n  SUCCESS\n\n"));
+}
+
+#[test]
+fn every_alert_has_a_firing_case_and_a_quiet_one() {
+    // In the tests file, `alertname: X` is followed by `exp_alerts: []` (a
+    // case where X must not fire) or by `exp_alerts:` and a list.
+    let tests = std::fs::read_to_string(RULE_TESTS).unwrap();
+    let mut cases: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    let mut current = None;
+    for line in tests.lines().map(str::trim) {
+        if let Some(name) = line.strip_prefix("alertname: ") {
+            current = Some(name.to_owned());
+        } else if let Some(expected) = line.strip_prefix("exp_alerts:") {
+            let name = current.take().expect("exp_alerts without alertname");
+            let kind = if expected.trim() == "[]" {
+                "quiet"
+            } else {
+                "firing"
+            };
+            cases.entry(name).or_default().insert(kind);
+        }
+    }
+    let both = BTreeSet::from(["firing", "quiet"]);
+    let alerts = alerts();
+    for alert in &alerts {
+        assert_eq!(cases.get(alert), Some(&both), "cases of {alert}");
+    }
+    let unknown: Vec<&String> = cases.keys().filter(|n| !alerts.contains(n)).collect();
+    assert!(unknown.is_empty(), "cases for no such alert: {unknown:?}");
+}
+
+/// A scrape of a running sniroute with one listener and one pool.
+fn scrape() -> String {
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let proxy = Sniroute::start(&format!(
+        "[metrics]\nbind = \"{metrics}\"\n[[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\n\
+         default = \"p\"\n[upstreams.p]\nservers = [\"127.0.0.2:9\"]\n"
+    ));
+    proxy.wait_log("serving GET /metrics");
+    let mut c = std::net::TcpStream::connect(metrics).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    c.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    body.to_owned()
+}
+
+#[test]
+fn promtool_accepts_a_live_scrape() {
+    let (ok, out) = promtool(&["check", "metrics"], &scrape());
+    assert!(ok, "{out}");
+    assert_eq!(out, "");
+}
+
+#[test]
+fn the_rules_and_the_dashboard_name_only_exported_series() {
+    let body = scrape();
+
+    // Sample names, and the values each label takes.
+    let mut names = BTreeSet::new();
+    let mut values: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let pair = regex::Regex::new(r#"(\w+)="([^"]*)""#).unwrap();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        names.insert(line.split(['{', ' ']).next().unwrap().to_owned());
+        for c in pair.captures_iter(line) {
+            values
+                .entry(c[1].to_owned())
+                .or_default()
+                .insert(c[2].to_owned());
+        }
+    }
+
+    // The dashboard's strings (queries, descriptions) unescaped, then the rules.
+    fn strings(v: &serde_json::Value, out: &mut String) {
+        match v {
+            serde_json::Value::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+            _ => {}
+        }
+    }
+    let mut text = String::new();
+    strings(
+        &serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).unwrap(),
+        &mut text,
+    );
+    text.push_str(&std::fs::read_to_string(RULES).unwrap());
+
+    let metric = regex::Regex::new(r"\bsniroute_[a-z_]+\b").unwrap();
+    let named: BTreeSet<&str> = metric.find_iter(&text).map(|m| m.as_str()).collect();
+    let missing: Vec<&&str> = named.iter().filter(|n| !names.contains(**n)).collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}\n{body}");
+
+    let matcher =
+        regex::Regex::new(r#"\b(outcome|reason|result|direction)\s*(?:=~|!~|!=|=)\s*"([^"]*)""#)
+            .unwrap();
+    let mut checked = 0;
+    for c in matcher.captures_iter(&text) {
+        for value in c[2].split('|') {
+            assert!(
+                values.get(&c[1]).is_some_and(|v| v.contains(value)),
+                "{}={value:?} is never exported",
+                &c[1]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "only {checked} label values found");
+}
