@@ -205,3 +205,41 @@ fn the_example_config_passes_check() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("127.0.0.1:8443"), "{out}");
 }
+
+/// Runs `--check` on `text`; stderr with the temp dir left out, so that
+/// messages read `sniroute.toml:LINE:COL: ...`.
+fn check(text: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), text);
+    let (code, out, err) = run_cli(&["--config", path.to_str().unwrap(), "--check"]);
+    let dir = format!("{}/", dir.path().display());
+    (code, out, err.replace(&dir, ""))
+}
+
+/// `--check` refuses `text` with exit code 1, the error at `at`
+/// (`sniroute.toml:LINE:COL`) and each of `words` in its message.
+fn assert_rejected(text: &str, at: &str, words: &[&str]) {
+    let (code, out, err) = check(text);
+    assert_eq!((code, out.as_str()), (1, ""), "{err}");
+    let prefix = format!("sniroute: error: {at}: ");
+    assert!(err.starts_with(&prefix), "want {prefix:?}, got {err:?}");
+    for word in words {
+        assert!(err.contains(word), "want {word:?} in {err:?}");
+    }
+}
+
+#[test]
+fn check_says_a_port_is_out_of_range() {
+    let bind = GOOD.replace("\"127.0.0.1:18080\"", "\"127.0.0.1:99999\"");
+    let words = ["port 99999 is out of range", "1 to 65535"];
+    assert_rejected(&bind, "sniroute.toml:12:8", &words);
+    assert_rejected(
+        &GOOD.replace("\"[::1]:18443\"", "\"[::1]:99999\""),
+        "sniroute.toml:3:28",
+        &words,
+    );
+    for server in ["127.0.0.4:99999", "localhost:99999"] {
+        let text = GOOD.replace("\"127.0.0.4:443\"", &format!("\"{server}\""));
+        assert_rejected(&text, "sniroute.toml:23:12", &words);
+    }
+}
