@@ -225,15 +225,12 @@ impl Ctx<'_> {
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let metrics = match &raw.metrics {
-            Some(m) => Some(m.bind.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.at(
-                    m.bind.span(),
-                    format!(
-                        "metrics.bind `{}` is not an IP:port address (e.g. \"127.0.0.1:9100\")",
-                        m.bind.get_ref()
-                    ),
-                )
-            })?),
+            Some(m) => Some(self.bind_addr(
+                "metrics.bind",
+                m.bind.get_ref(),
+                m.bind.span(),
+                "\"127.0.0.1:9100\"",
+            )?),
             None => None,
         };
         let t = &raw.timeouts;
@@ -310,9 +307,12 @@ impl Ctx<'_> {
                 } else {
                     bind.span()
                 };
-                let addr: SocketAddr = bind.get_ref().parse().map_err(|_| {
-                    self.at(span.clone(), format!("bind `{}` is not an IP:port address (e.g. \"0.0.0.0:443\", \"[::]:443\")", bind.get_ref()))
-                })?;
+                let addr = self.bind_addr(
+                    "bind",
+                    bind.get_ref(),
+                    span.clone(),
+                    "\"0.0.0.0:443\", \"[::]:443\"",
+                )?;
                 if seen_binds.contains(&addr) {
                     return Err(self.at(span, format!("bind `{addr}` is used twice; each address may be bound by one listener only")));
                 }
@@ -605,9 +605,37 @@ impl Ctx<'_> {
         Ok(pool)
     }
 
+    /// An address to listen on: `what` (`bind`, `metrics.bind`) names it in
+    /// errors, `example` shows how to write one.
+    fn bind_addr(
+        &self,
+        what: &str,
+        addr: &str,
+        span: Range<usize>,
+        example: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        self.check_port(what, addr, span.clone())?;
+        addr.parse().map_err(|_| {
+            self.at(
+                span,
+                format!("{what} `{addr}` is not an IP:port address (e.g. {example})"),
+            )
+        })
+    }
+
+    /// An error naming `what` (`bind`, `server`) if [`port_problem`] finds the
+    /// port of `addr` unusable.
+    fn check_port(&self, what: &str, addr: &str, span: Range<usize>) -> Result<(), ConfigError> {
+        match port_problem(addr) {
+            Some(problem) => Err(self.at(span, format!("{what} `{addr}`: {problem}"))),
+            None => Ok(()),
+        }
+    }
+
     /// `ip:port` as is; `name:port` through the system resolver, every address it
     /// returns becoming a server (as nginx does).
     fn resolve(&self, addr: &str, span: Range<usize>) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.check_port("server", addr, span.clone())?;
         if let Ok(addr) = addr.parse() {
             return Ok(vec![addr]);
         }
@@ -632,6 +660,20 @@ impl Ctx<'_> {
         }
         Ok(addrs)
     }
+}
+
+/// What is wrong with the port of `addr` (`host:port`, `[v6]:port`) when it is
+/// written as a number that is no port; `None` for anything else, which the
+/// address parser or the resolver then judge.
+fn port_problem(addr: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let bare_v6 = host.contains(':') && !host.ends_with(']');
+    if host.is_empty() || bare_v6 || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    port.parse::<u16>()
+        .is_err()
+        .then(|| format!("port {port} is out of range: use 1 to 65535"))
 }
 
 /// Whether binding both would fail with "address in use": same port and family,
