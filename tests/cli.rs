@@ -243,3 +243,33 @@ fn check_says_a_port_is_out_of_range() {
         assert_rejected(&text, "sniroute.toml:23:12", &words);
     }
 }
+
+#[test]
+fn check_turns_nginx_server_parameters_into_the_table_form() {
+    let with = |server: &str| GOOD.replace("\"127.0.0.4:443\"", &format!("\"{server}\""));
+    assert_rejected(
+        &with("127.0.0.4:443 weight=2"),
+        "sniroute.toml:23:12",
+        &["{ addr = \"127.0.0.4:443\", weight = 2 }"],
+    );
+    assert_rejected(
+        &with("127.0.0.4:443 backup"),
+        "sniroute.toml:23:12",
+        &["{ addr = \"127.0.0.4:443\", backup = true }"],
+    );
+    assert_rejected(
+        &with("127.0.0.4:443 weight=3 max_fails=2 fail_timeout=30"),
+        "sniroute.toml:23:12",
+        &[
+            "{ addr = \"127.0.0.4:443\", weight = 3 }",
+            "max_fails = 2",
+            "fail_timeout = \"30s\"",
+            "[upstreams.apps]",
+        ],
+    );
+    assert_rejected(
+        &with("127.0.0.4:443 down"),
+        "sniroute.toml:23:12",
+        &["`down`"],
+    );
+}
