@@ -552,6 +552,9 @@ impl Ctx<'_> {
         let mut servers: Vec<Server> = Vec::new();
         for entry in &u.servers {
             let s = entry.get_ref();
+            if let Some(hint) = nginx_parameters(name, &s.addr) {
+                return Err(self.at(entry.span(), format!("server `{}`: {hint}", s.addr)));
+            }
             if s.weight == 0 {
                 return Err(self.at(
                     entry.span(),
@@ -660,6 +663,52 @@ impl Ctx<'_> {
         }
         Ok(addrs)
     }
+}
+
+/// What to write instead of a server given the nginx way, `"ip:port weight=2
+/// backup"`, in upstream `pool`; `None` when `addr` carries no parameters.
+fn nginx_parameters(pool: &str, addr: &str) -> Option<String> {
+    let mut words = addr.split_whitespace();
+    let host_port = words.next()?;
+    let mut fields = String::new();
+    let mut upstream = Vec::new();
+    let mut unknown = Vec::new();
+    for param in words {
+        match param.split_once('=') {
+            Some(("weight", n)) => fields.push_str(&format!(", weight = {n}")),
+            None if param == "backup" => fields.push_str(", backup = true"),
+            Some(("max_fails", n)) => upstream.push(format!("max_fails = {n}")),
+            Some(("fail_timeout", t)) => {
+                // nginx reads a bare number as seconds.
+                let unit = if t.bytes().all(|b| b.is_ascii_digit()) {
+                    "s"
+                } else {
+                    ""
+                };
+                upstream.push(format!("fail_timeout = \"{t}{unit}\""));
+            }
+            _ => unknown.push(format!("`{param}`")),
+        }
+    }
+    if fields.is_empty() && upstream.is_empty() && unknown.is_empty() {
+        return None;
+    }
+    let server = if fields.is_empty() {
+        format!("\"{host_port}\"")
+    } else {
+        format!("{{ addr = \"{host_port}\"{fields} }}")
+    };
+    let mut hint = format!("a server is \"host:port\" alone; write {server}");
+    if !upstream.is_empty() {
+        hint += &format!(
+            ", and {} under [upstreams.{pool}] (set per upstream, not per server)",
+            upstream.join(", ")
+        );
+    }
+    if !unknown.is_empty() {
+        hint += &format!("; leave out {} (no equivalent here)", unknown.join(", "));
+    }
+    Some(hint)
 }
 
 /// What is wrong with the port of `addr` (`host:port`, `[v6]:port`) when it is
