@@ -273,3 +273,19 @@ fn check_turns_nginx_server_parameters_into_the_table_form() {
         &["`down`"],
     );
 }
+
+#[test]
+fn check_says_a_server_is_host_port_not_a_url() {
+    let with = |server: &str| GOOD.replace("\"127.0.0.4:443\"", &format!("\"{server}\""));
+    for (url, instead) in [
+        ("https://127.0.0.4:443", "\"127.0.0.4:443\""),
+        ("https://node.lan", "\"node.lan:443\""),
+        ("http://node.lan/", "\"node.lan:80\""),
+    ] {
+        assert_rejected(
+            &with(url),
+            "sniroute.toml:23:12",
+            &["not a URL", "host:port", instead],
+        );
+    }
+}
