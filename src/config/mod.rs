@@ -638,14 +638,26 @@ impl Ctx<'_> {
     /// `ip:port` as is; `name:port` through the system resolver, every address it
     /// returns becoming a server (as nginx does).
     fn resolve(&self, addr: &str, span: Range<usize>) -> Result<Vec<SocketAddr>, ConfigError> {
+        if let Some((scheme, rest)) = addr.split_once("://") {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let instead = match scheme.to_ascii_lowercase().as_str() {
+                _ if has_port(authority) => authority.to_owned(),
+                "https" => format!("{authority}:443"),
+                "http" => format!("{authority}:80"),
+                _ => format!("{authority}:PORT"),
+            };
+            return Err(self.at(
+                span,
+                format!(
+                    "server `{addr}`: a server is \"host:port\", not a URL; write \"{instead}\""
+                ),
+            ));
+        }
         self.check_port("server", addr, span.clone())?;
         if let Ok(addr) = addr.parse() {
             return Ok(vec![addr]);
         }
-        let has_port = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !has_port {
+        if !has_port(addr) {
             return Err(self.at(
                 span,
                 format!("server `{addr}` needs a port: write \"host:port\" or \"ip:port\""),
@@ -709,6 +721,12 @@ fn nginx_parameters(pool: &str, addr: &str) -> Option<String> {
         hint += &format!("; leave out {} (no equivalent here)", unknown.join(", "));
     }
     Some(hint)
+}
+
+/// Whether `addr` ends in `:port` after a host.
+fn has_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 /// What is wrong with the port of `addr` (`host:port`, `[v6]:port`) when it is
