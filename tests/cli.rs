@@ -289,3 +289,21 @@ fn check_says_a_server_is_host_port_not_a_url() {
         );
     }
 }
+
+#[test]
+fn check_rejects_port_zero() {
+    assert_rejected(
+        &GOOD.replace("\"127.0.0.1:18080\"", "\"127.0.0.1:0\""),
+        "sniroute.toml:12:8",
+        &["bind `127.0.0.1:0`", "port 0", "fixed port"],
+    );
+    assert_rejected(
+        &format!("[metrics]\nbind = \"127.0.0.1:0\"\n{GOOD}"),
+        "sniroute.toml:2:8",
+        &["metrics.bind `127.0.0.1:0`", "port 0", "fixed port"],
+    );
+    for server in ["127.0.0.4:0", "localhost:0"] {
+        let text = GOOD.replace("\"127.0.0.4:443\"", &format!("\"{server}\""));
+        assert_rejected(&text, "sniroute.toml:23:12", &["port 0", "1 to 65535"]);
+    }
+}
