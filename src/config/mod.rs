@@ -617,7 +617,12 @@ impl Ctx<'_> {
         span: Range<usize>,
         example: &str,
     ) -> Result<SocketAddr, ConfigError> {
-        self.check_port(what, addr, span.clone())?;
+        self.check_port(
+            what,
+            addr,
+            span.clone(),
+            "has the kernel pick a port no client knows, another at each start: give a fixed port (1 to 65535)",
+        )?;
         addr.parse().map_err(|_| {
             self.at(
                 span,
@@ -628,8 +633,14 @@ impl Ctx<'_> {
 
     /// An error naming `what` (`bind`, `server`) if [`port_problem`] finds the
     /// port of `addr` unusable.
-    fn check_port(&self, what: &str, addr: &str, span: Range<usize>) -> Result<(), ConfigError> {
-        match port_problem(addr) {
+    fn check_port(
+        &self,
+        what: &str,
+        addr: &str,
+        span: Range<usize>,
+        zero: &str,
+    ) -> Result<(), ConfigError> {
+        match port_problem(addr, zero) {
             Some(problem) => Err(self.at(span, format!("{what} `{addr}`: {problem}"))),
             None => Ok(()),
         }
@@ -653,7 +664,12 @@ impl Ctx<'_> {
                 ),
             ));
         }
-        self.check_port("server", addr, span.clone())?;
+        self.check_port(
+            "server",
+            addr,
+            span.clone(),
+            "cannot be connected to: use 1 to 65535",
+        )?;
         if let Ok(addr) = addr.parse() {
             return Ok(vec![addr]);
         }
@@ -730,17 +746,19 @@ fn has_port(addr: &str) -> bool {
 }
 
 /// What is wrong with the port of `addr` (`host:port`, `[v6]:port`) when it is
-/// written as a number that is no port; `None` for anything else, which the
-/// address parser or the resolver then judge.
-fn port_problem(addr: &str) -> Option<String> {
+/// written as a number that is no port, `zero` saying why 0 is not one here;
+/// `None` for anything else, which the address parser or the resolver judge.
+fn port_problem(addr: &str, zero: &str) -> Option<String> {
     let (host, port) = addr.rsplit_once(':')?;
     let bare_v6 = host.contains(':') && !host.ends_with(']');
     if host.is_empty() || bare_v6 || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    port.parse::<u16>()
-        .is_err()
-        .then(|| format!("port {port} is out of range: use 1 to 65535"))
+    match port.parse::<u16>() {
+        Ok(0) => Some(format!("port 0 {zero}")),
+        Ok(_) => None,
+        Err(_) => Some(format!("port {port} is out of range: use 1 to 65535")),
+    }
 }
 
 /// Whether binding both would fail with "address in use": same port and family,
