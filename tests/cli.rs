@@ -307,3 +307,35 @@ fn check_rejects_port_zero() {
         assert_rejected(&text, "sniroute.toml:23:12", &["port 0", "1 to 65535"]);
     }
 }
+
+#[test]
+fn check_reads_bare_integers_as_seconds_and_says_how_to_write_a_duration() {
+    let text = format!(
+        "[timeouts]\npeek = 4\nconnect = 2\nidle = 3600\nshutdown = 0\n{}",
+        GOOD.replace("fail_timeout = \"5s\"", "fail_timeout = 30")
+    );
+    let (code, out, err) = check(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("timeouts: peek 4s, connect 2s, idle 1h, shutdown 0s;"),
+        "{out}"
+    );
+    assert!(out.contains("max_fails=3, fail_timeout=30s)"), "{out}");
+
+    let words = ["duration", "\"5s\"", "seconds"];
+    assert_rejected(
+        &format!("[timeouts]\nidle = true\n{GOOD}"),
+        "sniroute.toml:2:8",
+        &words,
+    );
+    assert_rejected(
+        &GOOD.replace("fail_timeout = \"5s\"", "fail_timeout = 1.5"),
+        "sniroute.toml:20:16",
+        &words,
+    );
+    assert_rejected(
+        &format!("[timeouts]\nconnect = 0\n{GOOD}"),
+        "sniroute.toml:2:11",
+        &["timeouts.connect must be greater than zero"],
+    );
+}
