@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 pub use raw::{LogFormat, LogLevel};
-use raw::{RawBalance, RawConfig, RawProtocol, RawProxyProtocol, RawUpstream};
+use raw::{RawBalance, RawConfig, RawDuration, RawProtocol, RawProxyProtocol, RawUpstream};
 
 use crate::access::{self, Access};
 use crate::peek::Protocol;
@@ -202,21 +202,23 @@ impl Ctx<'_> {
     fn duration(
         &self,
         key: &str,
-        value: Option<&Spanned<String>>,
+        value: Option<&Spanned<RawDuration>>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
         let Some(value) = value else {
             return Ok(default);
         };
-        let d = humantime::parse_duration(value.get_ref().trim()).map_err(|e| {
-            self.at(
-                value.span(),
-                format!(
-                    "{key}: `{}` is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\"",
-                    value.get_ref()
-                ),
-            )
-        })?;
+        let d = match value.get_ref() {
+            RawDuration::Seconds(secs) => Duration::from_secs(*secs),
+            RawDuration::Text(text) => humantime::parse_duration(text.trim()).map_err(|e| {
+                self.at(
+                    value.span(),
+                    format!(
+                        "{key}: `{text}` is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\""
+                    ),
+                )
+            })?,
+        };
         if d.is_zero() && key != "timeouts.shutdown" {
             return Err(self.at(value.span(), format!("{key} must be greater than zero")));
         }

@@ -36,10 +36,42 @@ pub struct RawMetrics {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
-    pub peek: Option<Spanned<String>>,
-    pub connect: Option<Spanned<String>>,
-    pub idle: Option<Spanned<String>>,
-    pub shutdown: Option<Spanned<String>>,
+    pub peek: Option<Spanned<RawDuration>>,
+    pub connect: Option<Spanned<RawDuration>>,
+    pub idle: Option<Spanned<RawDuration>>,
+    pub shutdown: Option<Spanned<RawDuration>>,
+}
+
+/// A duration as written: a string such as `"5s"` or `"1h 30m"`, or a bare
+/// integer of seconds (`idle = 3600`, as nginx reads `3600`).
+#[derive(Debug)]
+pub enum RawDuration {
+    Text(String),
+    Seconds(u64),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl<'de> Visitor<'de> for DurationVisitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: a string such as \"500ms\", \"5s\", \"1h\", or a whole number of seconds")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(text.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, secs: u64) -> Result<RawDuration, E> {
+                Ok(RawDuration::Seconds(secs))
+            }
+            fn visit_i64<E: de::Error>(self, secs: i64) -> Result<RawDuration, E> {
+                u64::try_from(secs)
+                    .map(RawDuration::Seconds)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(secs), &self))
+            }
+        }
+        d.deserialize_any(DurationVisitor)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,7 +144,7 @@ pub struct RawUpstream {
     pub servers: Vec<Spanned<RawServer>>,
     pub balance: Option<RawBalance>,
     pub max_fails: Option<u32>,
-    pub fail_timeout: Option<Spanned<String>>,
+    pub fail_timeout: Option<Spanned<RawDuration>>,
     pub proxy_protocol: Option<Spanned<RawProxyProtocol>>,
     pub proxy_protocol_authority: Option<Spanned<bool>>,
 }
