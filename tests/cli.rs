@@ -339,3 +339,30 @@ fn check_reads_bare_integers_as_seconds_and_says_how_to_write_a_duration() {
         &["timeouts.connect must be greater than zero"],
     );
 }
+
+#[test]
+fn check_hints_at_the_brackets_of_listeners_upstreams_and_routes() {
+    let listener = "bind = \"127.0.0.1:18443\"\nprotocol = \"tls\"\ndefault = \"apps\"\n";
+    let upstream = "\n[upstreams.apps]\nservers = [\"127.0.0.4:443\"]\n";
+    assert_rejected(
+        &format!("[listeners]\n{listener}{upstream}"),
+        "sniroute.toml:1:1",
+        &["write [[listeners]]", "one per listener"],
+    );
+    assert_rejected(
+        &format!("[[listeners]]\n{listener}\n[[upstreams]]\nservers = [\"127.0.0.4:443\"]\n"),
+        "sniroute.toml:6:1",
+        &["write [upstreams.NAME]", "one per upstream"],
+    );
+    // Routes above their listener, or in double brackets.
+    assert_rejected(
+        &format!("[listeners.routes]\n\"a.example.com\" = \"apps\"\n\n[[listeners]]\n{listener}{upstream}"),
+        "sniroute.toml:4:1",
+        &["[listeners.routes]", "after the [[listeners]] it belongs to"],
+    );
+    assert_rejected(
+        &format!("[[listeners]]\n{listener}[[listeners.routes]]\n\"a.example.com\" = \"apps\"\n{upstream}"),
+        "sniroute.toml:5:1",
+        &["write [listeners.routes] (single brackets)"],
+    );
+}
