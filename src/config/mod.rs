@@ -173,9 +173,17 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn parse(&self) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(self.text).map_err(|e| match e.span() {
-            Some(span) => self.at(span, e.message().to_owned()),
-            None => self.file(e.message().to_owned()),
+        let raw: RawConfig = toml::from_str(self.text).map_err(|e| {
+            let mut message = e.message().to_owned();
+            // `[listeners]` or `[listeners.routes]` above the first `[[listeners]]`
+            // made `listeners` a table before the array began.
+            if message.contains("duplicate key `listeners`") {
+                message.push_str(": [listeners.routes] goes after the [[listeners]] it belongs to, and every listener starts with [[listeners]]");
+            }
+            match e.span() {
+                Some(span) => self.at(span, message),
+                None => self.file(message),
+            }
         })?;
         self.validate(raw)
     }

@@ -21,10 +21,52 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub metrics: Option<RawMetrics>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "listeners")]
     pub listeners: Vec<Spanned<RawListener>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "upstreams")]
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+}
+
+/// `[[listeners]]`, an array of tables. Its `expecting` is the hint a single
+/// `[listeners]` table (or a `[listeners.routes]` above every listener) gets.
+fn listeners<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Spanned<RawListener>>, D::Error> {
+    struct ListenersVisitor;
+    impl<'de> Visitor<'de> for ListenersVisitor {
+        type Value = Vec<Spanned<RawListener>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of tables: write [[listeners]] (double brackets), one per listener, each followed by its own [listeners.routes]")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut listeners = Vec::new();
+            while let Some(listener) = seq.next_element()? {
+                listeners.push(listener);
+            }
+            Ok(listeners)
+        }
+    }
+    d.deserialize_any(ListenersVisitor)
+}
+
+/// `[upstreams.NAME]`, a table of tables. Its `expecting` is the hint
+/// `[[upstreams]]` (a list without names) gets.
+fn upstreams<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Spanned<RawUpstream>>, D::Error> {
+    struct UpstreamsVisitor;
+    impl<'de> Visitor<'de> for UpstreamsVisitor {
+        type Value = BTreeMap<String, Spanned<RawUpstream>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("named tables: write [upstreams.NAME] (single brackets), one per upstream, e.g. [upstreams.web]; routes refer to it by NAME")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut upstreams = BTreeMap::new();
+            while let Some((name, upstream)) = map.next_entry()? {
+                upstreams.insert(name, upstream);
+            }
+            Ok(upstreams)
+        }
+    }
+    d.deserialize_any(UpstreamsVisitor)
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,7 +295,7 @@ impl<'de> Deserialize<'de> for Routes {
         impl<'de> Visitor<'de> for RoutesVisitor {
             type Value = Routes;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table of \"hostname pattern\" = \"upstream name\"")
+                f.write_str("a table of \"hostname pattern\" = \"upstream name\": write [listeners.routes] (single brackets) after its [[listeners]]")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Routes, A::Error> {
                 let mut routes = Vec::new();
