@@ -366,3 +366,36 @@ fn check_hints_at_the_brackets_of_listeners_upstreams_and_routes() {
         &["write [listeners.routes] (single brackets)"],
     );
 }
+
+#[test]
+fn check_warns_about_unanchored_regex_routes_and_still_passes() {
+    let (code, _, err) = check(GOOD);
+    assert_eq!((code, err.as_str()), (0, ""));
+    let text = GOOD.replace(r#""~^argo-[a-z]+\\.example\\.com$""#, r#""~argo""#);
+    let (code, out, err) = check(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(": OK\n"), "{out}");
+    assert!(
+        err.starts_with("sniroute: warning: sniroute.toml:9:1: route `~argo`"),
+        "{err}"
+    );
+    for word in ["no `^` at the start", "no `$` at the end", "`~^argo$`"] {
+        assert!(err.contains(word), "want {word:?} in {err:?}");
+    }
+}
+
+#[test]
+fn unanchored_regex_routes_are_logged_at_start_and_on_reload() {
+    let port = free_port("127.0.0.1");
+    let config = |pattern: &str| {
+        format!("[[listeners]]\nbind = \"127.0.0.1:{port}\"\nprotocol = \"tls\"\n[listeners.routes]\n\"{pattern}\" = \"apps\"\n[upstreams.apps]\nservers = [\"127.0.0.4:443\"]\n")
+    };
+    let sniroute = Sniroute::start(&config("~internal"));
+    let log = sniroute.log();
+    let warning = log.lines().find(|l| l.contains("route `~internal`"));
+    assert!(warning.is_some_and(|l| l.contains("WARN")), "{log}");
+    std::fs::write(sniroute.path(), config("~^beta")).unwrap();
+    sniroute.signal("HUP");
+    let log = sniroute.wait_log("route `~^beta`");
+    assert!(log.contains("no `$` at the end"), "{log}");
+}
