@@ -73,6 +73,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let text = config::read(&cli.config)?;
     let config = config::parse(&text, &cli.config)?;
     if cli.check {
+        for warning in &config.warnings {
+            eprintln!("sniroute: warning: {warning}");
+        }
         print(&explain::summary(
             &config,
             &cli.config.display().to_string(),
@@ -90,6 +93,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     logging::init(&config.log).context("cannot start the log writer thread")?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -42,6 +42,9 @@ pub struct Config {
     pub pools: BTreeMap<Arc<str>, Arc<Pool>>,
     /// Where `GET /metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// What is valid but likely not meant, each as `file:line:col: message`:
+    /// printed by `--check`, logged at start and at each reload.
+    pub warnings: Vec<String>,
 }
 
 /// What a route leads to: a pool, who may take it, and the count of
@@ -299,6 +302,7 @@ impl Ctx<'_> {
                     .into(),
             ));
         }
+        let mut warnings = Vec::new();
         let mut seen_binds: Vec<SocketAddr> = Vec::new();
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         for listener in &raw.listeners {
@@ -374,6 +378,9 @@ impl Ctx<'_> {
                 router
                     .add(pattern.get_ref(), target(pattern.get_ref(), pool, access))
                     .map_err(|e| self.at(pattern.span(), e.to_string()))?;
+                if let Some(warning) = unanchored(pattern.get_ref()) {
+                    warnings.push(self.at(pattern.span(), warning).to_string());
+                }
             }
             let default = match &raw_l.default {
                 Some(name) => Some(target(
@@ -416,6 +423,7 @@ impl Ctx<'_> {
             listeners,
             pools,
             metrics,
+            warnings,
         })
     }
 
@@ -747,6 +755,37 @@ fn nginx_parameters(pool: &str, addr: &str) -> Option<String> {
         hint += &format!("; leave out {} (no equivalent here)", unknown.join(", "));
     }
     Some(hint)
+}
+
+/// Why route `pattern`, if a `~regex`, may match more than meant: a regex not
+/// anchored at both ends matches every name that merely contains a match.
+fn unanchored(pattern: &str) -> Option<String> {
+    use regex_syntax::hir::Look;
+    let regex = pattern.strip_prefix('~')?;
+    // Already compiled by the router, so this parse does not fail.
+    let hir = regex_syntax::parse(regex).ok()?;
+    let props = hir.properties();
+    let mut missing = Vec::new();
+    if !props.look_set_prefix().contains(Look::Start) {
+        missing.push("no `^` at the start");
+    }
+    if !props.look_set_suffix().contains(Look::End) {
+        missing.push("no `$` at the end");
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let core = regex.strip_prefix('^').unwrap_or(regex);
+    let core = core.strip_suffix('$').unwrap_or(core);
+    let anchored = if core.contains('|') {
+        format!("~^(?:{core})$")
+    } else {
+        format!("~^{core}$")
+    };
+    Some(format!(
+        "route `{pattern}` has {}: it matches any name that only contains a match, as `~internal` matches `internal.evil.com`; write `{anchored}` unless that is meant",
+        missing.join(" and ")
+    ))
 }
 
 /// Whether `addr` ends in `:port` after a host.
