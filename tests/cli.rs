@@ -399,3 +399,25 @@ fn unanchored_regex_routes_are_logged_at_start_and_on_reload() {
     let log = sniroute.wait_log("route `~^beta`");
     assert!(log.contains("no `$` at the end"), "{log}");
 }
+
+#[test]
+fn explain_on_a_port_no_listener_has_lists_the_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), GOOD);
+    let p = path.to_str().unwrap();
+    let binds = "127.0.0.1:18443, [::1]:18443 (tls); 127.0.0.1:18080 (http)";
+    for (args, wanted) in [
+        (&["--explain", "a.example.com:9999"][..], "port 9999"),
+        (
+            &["--explain", "a.example.com", "--listener", "127.0.0.1:9999"],
+            "127.0.0.1:9999",
+        ),
+    ] {
+        let (code, out, err) = run_cli(&[&["--config", p][..], args].concat());
+        assert_eq!((code, out.as_str()), (1, ""), "{err}");
+        assert!(err.starts_with("sniroute: error: "), "{err}");
+        for word in [wanted, binds] {
+            assert!(err.contains(word), "want {word:?} in {err:?}");
+        }
+    }
+}
