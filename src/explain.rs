@@ -56,9 +56,21 @@ pub fn summary(config: &Config, path: &str) -> String {
     out
 }
 
-/// The dry run of `--explain HOST[:PORT] [--listener BIND]`; `None` when no
-/// listener has that port or bind address.
-pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Option<String> {
+/// `--explain` asked about a port or bind address no listener has.
+#[derive(Debug, thiserror::Error)]
+#[error("no listener is bound to {wanted}; the listeners are bound to {binds}")]
+pub struct NoListener {
+    wanted: String,
+    /// Every listener's binds and protocol.
+    binds: String,
+}
+
+/// The dry run of `--explain HOST[:PORT] [--listener BIND]`.
+pub fn explain(
+    config: &Config,
+    host: &str,
+    listener: Option<SocketAddr>,
+) -> Result<String, NoListener> {
     let (name, port) = split_port(host);
     let parsed = HostName::parse(name.as_bytes());
     let mut out = String::new();
@@ -114,7 +126,22 @@ pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Opt
             }
         }
     }
-    (matched > 0).then_some(out)
+    if matched > 0 {
+        return Ok(out);
+    }
+    let wanted = match (listener, port) {
+        (Some(addr), Some(port)) if addr.port() != port => format!("both {addr} and port {port}"),
+        (Some(addr), _) => addr.to_string(),
+        (None, Some(port)) => format!("port {port}"),
+        (None, None) => "any address".to_owned(),
+    };
+    let binds = config
+        .listeners
+        .iter()
+        .map(|l| format!("{} ({})", join(&l.binds), l.protocol.as_str()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(NoListener { wanted, binds })
 }
 
 fn describe_pool(pool: &Pool) -> String {

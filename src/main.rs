@@ -83,12 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(host) = &cli.explain {
-        let out = explain::explain(&config, host, cli.listener).with_context(|| {
-            format!(
-                "no listener in {} is bound to that port or address",
-                cli.config.display()
-            )
-        })?;
+        let out = explain::explain(&config, host, cli.listener)
+            .with_context(|| cli.config.display().to_string())?;
         print(&out);
         return Ok(());
     }
