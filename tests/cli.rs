@@ -413,3 +413,36 @@ fn explain_on_a_port_no_listener_has_lists_the_binds() {
         }
     }
 }
+
+#[test]
+fn explain_an_ip_address_as_tls_clients_send_it_no_sni() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GOOD.replace(
+        "\"rancher.example.com\" = \"rancher\"",
+        "\"rancher.example.com\" = \"rancher\"\n\"10.0.0.1\" = \"rancher\"",
+    );
+    let path = write_config(dir.path(), &text);
+    let p = path.to_str().unwrap();
+    for (host, http_route) in [
+        ("10.0.0.1", "route:   10.0.0.1\n"),
+        ("[::1]", "no route and no default"),
+        ("::1", "no route and no default"),
+    ] {
+        let (code, out, err) = run_cli(&["--config", p, "--explain", host]);
+        assert_eq!(code, 0, "{err}");
+        let (head, listeners) = out.split_once("\nlistener ").unwrap();
+        for word in [
+            "no SNI",
+            "RFC 6066",
+            "TLS listeners",
+            "default",
+            "HTTP",
+            "Host",
+        ] {
+            assert!(head.contains(word), "{host}: want {word:?} in {head:?}");
+        }
+        let (tls, http) = listeners.split_once("\nlistener ").unwrap();
+        assert!(tls.contains("(tls)\n  route:   default\n"), "{host}: {out}");
+        assert!(http.contains(http_route), "{host}: {out}");
+    }
+}
