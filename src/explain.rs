@@ -1,7 +1,7 @@
 //! What `--check` and `--explain` print: the config as an operator reads it.
 
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::config::Config;
@@ -72,9 +72,18 @@ pub fn explain(
     listener: Option<SocketAddr>,
 ) -> Result<String, NoListener> {
     let (name, port) = split_port(host);
-    let parsed = HostName::parse(name.as_bytes());
+    let unbracketed = name.strip_prefix('[').and_then(|n| n.strip_suffix(']'));
+    let ip: Option<IpAddr> = unbracketed.unwrap_or(name).parse().ok();
+    // An HTTP client sends an IPv6 address in brackets.
+    let parsed = match ip {
+        Some(IpAddr::V6(v6)) => HostName::parse(format!("[{v6}]").as_bytes()),
+        _ => HostName::parse(name.as_bytes()),
+    };
     let mut out = String::new();
     match &parsed {
+        Some(n) if ip.is_some() => {
+            let _ = writeln!(out, "name: {n} is an IP address: TLS clients send no SNI for an IP address (RFC 6066), so on TLS listeners they count as sending no name and get the default; HTTP clients send it as Host");
+        }
         Some(n) => {
             let _ = writeln!(out, "name: {n}");
         }
@@ -98,7 +107,11 @@ pub fn explain(
             join(&l.binds),
             l.protocol.as_str()
         );
-        match l.router.route(parsed.as_ref()) {
+        let name = match l.protocol {
+            Protocol::Tls if ip.is_some() => None,
+            _ => parsed.as_ref(),
+        };
+        match l.router.route(name) {
             Some(route) => {
                 let _ = writeln!(out, "  route:   {}", route.pattern);
                 let _ = writeln!(out, "  pool:    {}", describe_pool(&route.target.pool));
