@@ -446,3 +446,27 @@ fn explain_an_ip_address_as_tls_clients_send_it_no_sni() {
         assert!(http.contains(http_route), "{host}: {out}");
     }
 }
+
+#[test]
+fn help_names_signals_log_settings_and_environment() {
+    let (code, out, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+    for word in [
+        "SIGHUP",
+        "SIGTERM",
+        "SIGINT",
+        "second signal",
+        "SIGUSR2",
+        "not handled yet",
+        "[log]",
+        "format = \"text\"",
+        "\"json\"",
+        "level",
+        "access_log",
+        "RUST_LOG",
+        "SNIROUTE_RELAY",
+        "NOTIFY_SOCKET",
+    ] {
+        assert!(out.contains(word), "want {word:?} in --help:\n{out}");
+    }
+}
