@@ -570,7 +570,7 @@ impl Ctx<'_> {
         let mut servers: Vec<Server> = Vec::new();
         for entry in &u.servers {
             let s = entry.get_ref();
-            if let Some(hint) = nginx_parameters(name, &s.addr) {
+            if let Some(hint) = nginx_parameters(name, &s.addr).or_else(|| url(&s.addr)) {
                 return Err(self.at(entry.span(), format!("server `{}`: {hint}", s.addr)));
             }
             if s.weight == 0 {
@@ -667,21 +667,6 @@ impl Ctx<'_> {
     /// `ip:port` as is; `name:port` through the system resolver, every address it
     /// returns becoming a server (as nginx does).
     fn resolve(&self, addr: &str, span: Range<usize>) -> Result<Vec<SocketAddr>, ConfigError> {
-        if let Some((scheme, rest)) = addr.split_once("://") {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-            let instead = match scheme.to_ascii_lowercase().as_str() {
-                _ if has_port(authority) => authority.to_owned(),
-                "https" => format!("{authority}:443"),
-                "http" => format!("{authority}:80"),
-                _ => format!("{authority}:PORT"),
-            };
-            return Err(self.at(
-                span,
-                format!(
-                    "server `{addr}`: a server is \"host:port\", not a URL; write \"{instead}\""
-                ),
-            ));
-        }
         self.check_port(
             "server",
             addr,
@@ -724,15 +709,11 @@ fn nginx_parameters(pool: &str, addr: &str) -> Option<String> {
             Some(("weight", n)) => fields.push_str(&format!(", weight = {n}")),
             None if param == "backup" => fields.push_str(", backup = true"),
             Some(("max_fails", n)) => upstream.push(format!("max_fails = {n}")),
-            Some(("fail_timeout", t)) => {
-                // nginx reads a bare number as seconds.
-                let unit = if t.bytes().all(|b| b.is_ascii_digit()) {
-                    "s"
-                } else {
-                    ""
-                };
-                upstream.push(format!("fail_timeout = \"{t}{unit}\""));
+            // nginx reads a bare number as seconds.
+            Some(("fail_timeout", t)) if t.bytes().all(|b| b.is_ascii_digit()) => {
+                upstream.push(format!("fail_timeout = \"{t}s\""));
             }
+            Some(("fail_timeout", t)) => upstream.push(format!("fail_timeout = \"{t}\"")),
             _ => unknown.push(format!("`{param}`")),
         }
     }
@@ -755,6 +736,22 @@ fn nginx_parameters(pool: &str, addr: &str) -> Option<String> {
         hint += &format!("; leave out {} (no equivalent here)", unknown.join(", "));
     }
     Some(hint)
+}
+
+/// What to write instead of a server given as a URL (`https://node.lan`):
+/// `host:port`, the port from the URL or its scheme. `None` for anything else.
+fn url(addr: &str) -> Option<String> {
+    let (scheme, rest) = addr.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let instead = match scheme.to_ascii_lowercase().as_str() {
+        _ if has_port(authority) => authority.to_owned(),
+        "https" => format!("{authority}:443"),
+        "http" => format!("{authority}:80"),
+        _ => format!("{authority}:PORT"),
+    };
+    Some(format!(
+        "a server is \"host:port\", not a URL; write \"{instead}\""
+    ))
 }
 
 /// Why route `pattern`, if a `~regex`, may match more than meant: a regex not

@@ -103,9 +103,6 @@ impl<'de> Deserialize<'de> for RawDuration {
             fn visit_str<E: de::Error>(self, text: &str) -> Result<RawDuration, E> {
                 Ok(RawDuration::Text(text.to_owned()))
             }
-            fn visit_u64<E: de::Error>(self, secs: u64) -> Result<RawDuration, E> {
-                Ok(RawDuration::Seconds(secs))
-            }
             fn visit_i64<E: de::Error>(self, secs: i64) -> Result<RawDuration, E> {
                 u64::try_from(secs)
                     .map(RawDuration::Seconds)
