@@ -1,7 +1,7 @@
 //! What `--check` and `--explain` print: the config as an operator reads it.
 
 use std::fmt::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use crate::access::Access;
@@ -66,13 +66,34 @@ pub fn summary(config: &Config, path: &str) -> String {
     out
 }
 
-/// The dry run of `--explain HOST[:PORT] [--listener BIND]`; `None` when no
-/// listener has that port or bind address.
-pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Option<String> {
+/// `--explain` asked about a port or bind address no listener has.
+#[derive(Debug, thiserror::Error)]
+#[error("no listener is bound to {wanted}; the listeners are bound to {binds}")]
+pub struct NoListener {
+    wanted: String,
+    /// Every listener's binds and protocol.
+    binds: String,
+}
+
+/// The dry run of `--explain HOST[:PORT] [--listener BIND]`.
+pub fn explain(
+    config: &Config,
+    host: &str,
+    listener: Option<SocketAddr>,
+) -> Result<String, NoListener> {
     let (name, port) = split_port(host);
-    let parsed = HostName::parse(name.as_bytes());
+    let unbracketed = name.strip_prefix('[').and_then(|n| n.strip_suffix(']'));
+    let ip: Option<IpAddr> = unbracketed.unwrap_or(name).parse().ok();
+    // An HTTP client sends an IPv6 address in brackets.
+    let parsed = match ip {
+        Some(IpAddr::V6(v6)) => HostName::parse(format!("[{v6}]").as_bytes()),
+        _ => HostName::parse(name.as_bytes()),
+    };
     let mut out = String::new();
     match &parsed {
+        Some(n) if ip.is_some() => {
+            let _ = writeln!(out, "name: {n} is an IP address: TLS clients send no SNI for an IP address (RFC 6066), so on TLS listeners they count as sending no name and get the default; HTTP clients send it as Host");
+        }
         Some(n) => {
             let _ = writeln!(out, "name: {n}");
         }
@@ -96,7 +117,11 @@ pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Opt
             join(&l.binds),
             l.protocol.as_str()
         );
-        match l.router.route(parsed.as_ref()) {
+        let name = match l.protocol {
+            Protocol::Tls if ip.is_some() => None,
+            _ => parsed.as_ref(),
+        };
+        match l.router.route(name) {
             Some(route) => {
                 if let Some(access) = &l.access {
                     let _ = writeln!(out, "  clients: {access} (listener)");
@@ -132,7 +157,22 @@ pub fn explain(config: &Config, host: &str, listener: Option<SocketAddr>) -> Opt
             }
         }
     }
-    (matched > 0).then_some(out)
+    if matched > 0 {
+        return Ok(out);
+    }
+    let wanted = match (listener, port) {
+        (Some(addr), Some(port)) if addr.port() != port => format!("both {addr} and port {port}"),
+        (Some(addr), _) => addr.to_string(),
+        (None, Some(port)) => format!("port {port}"),
+        (None, None) => "any address".to_owned(),
+    };
+    let binds = config
+        .listeners
+        .iter()
+        .map(|l| format!("{} ({})", join(&l.binds), l.protocol.as_str()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(NoListener { wanted, binds })
 }
 
 /// ` (allow [...] deny [...])` for a route with its own lists, else nothing.

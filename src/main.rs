@@ -18,7 +18,9 @@ use sniroute::{config, explain, import, logging, server};
     version,
     about,
     args_conflicts_with_subcommands = true,
-    disable_help_subcommand = true
+    disable_help_subcommand = true,
+    after_help = "See --help for signals, [log] settings and environment variables.",
+    after_long_help = AFTER_LONG_HELP
 )]
 struct Cli {
     /// Config file (TOML).
@@ -39,6 +41,32 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 }
+
+/// What `--help` adds after the options: what changes a running sniroute
+/// besides its arguments.
+const AFTER_LONG_HELP: &str = "\
+Signals:
+  SIGHUP           reload the config (also reloaded when the file changes,
+                   unless --no-watch)
+  SIGTERM, SIGINT  graceful stop: stop accepting, let open connections finish
+                   for up to timeouts.shutdown, then exit; a second signal
+                   exits at once
+  SIGUSR2          reserved for binary upgrades, not handled yet: it ends the
+                   process at once (the default action), without a drain
+
+Logging, in the config file (logs go to stderr):
+  [log]
+  level = \"info\"       error | warn | info | debug | trace
+  format = \"text\"      \"text\" (key=value) or \"json\" (one object per line)
+  access_log = true    one line per connection when it ends, at any level
+
+Environment:
+  RUST_LOG              replaces log.level and log.access_log (tracing
+                        EnvFilter syntax, e.g. RUST_LOG=debug)
+  SNIROUTE_RELAY=copy   copy bytes through user space instead of splice(2)
+  NOTIFY_SOCKET         set by systemd for Type=notify: start-up, reloads and
+                        the stop are reported there
+  TOKIO_WORKER_THREADS  threads serving connections (default: one per CPU)";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -73,6 +101,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let text = config::read(&cli.config)?;
     let config = config::parse(&text, &cli.config)?;
     if cli.check {
+        for warning in &config.warnings {
+            eprintln!("sniroute: warning: {warning}");
+        }
         print(&explain::summary(
             &config,
             &cli.config.display().to_string(),
@@ -80,16 +111,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(host) = &cli.explain {
-        let out = explain::explain(&config, host, cli.listener).with_context(|| {
-            format!(
-                "no listener in {} is bound to that port or address",
-                cli.config.display()
-            )
-        })?;
+        let out = explain::explain(&config, host, cli.listener)
+            .with_context(|| cli.config.display().to_string())?;
         print(&out);
         return Ok(());
     }
     logging::init(&config.log).context("cannot start the log writer thread")?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -122,6 +122,9 @@ impl Reloader {
             tokio::task::spawn_blocking(move || config::parse_with(&text, &path, Some(&prev)))
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
         let bound = self.listeners.bind_missing(&config)?;
         if config.log != previous.log {
             tracing::warn!("[log] changes take effect at the next restart");

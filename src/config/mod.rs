@@ -20,7 +20,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 pub use raw::{LogFormat, LogLevel};
-use raw::{RawBalance, RawConfig, RawProtocol, RawProxyProtocol, RawUpstream};
+use raw::{RawBalance, RawConfig, RawDuration, RawProtocol, RawProxyProtocol, RawUpstream};
 
 use crate::access::{self, Access};
 use crate::peek::Protocol;
@@ -42,6 +42,9 @@ pub struct Config {
     pub pools: BTreeMap<Arc<str>, Arc<Pool>>,
     /// Where `GET /metrics` is served, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// What is valid but likely not meant, each as `file:line:col: message`:
+    /// printed by `--check`, logged at start and at each reload.
+    pub warnings: Vec<String>,
 }
 
 /// What a route leads to: a pool, who may take it, and the count of
@@ -173,9 +176,17 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn parse(&self) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(self.text).map_err(|e| match e.span() {
-            Some(span) => self.at(span, e.message().to_owned()),
-            None => self.file(e.message().to_owned()),
+        let raw: RawConfig = toml::from_str(self.text).map_err(|e| {
+            let mut message = e.message().to_owned();
+            // `[listeners]` or `[listeners.routes]` above the first `[[listeners]]`
+            // made `listeners` a table before the array began.
+            if message.contains("duplicate key `listeners`") {
+                message.push_str(": [listeners.routes] goes after the [[listeners]] it belongs to, and every listener starts with [[listeners]]");
+            }
+            match e.span() {
+                Some(span) => self.at(span, message),
+                None => self.file(message),
+            }
         })?;
         self.validate(raw)
     }
@@ -202,21 +213,23 @@ impl Ctx<'_> {
     fn duration(
         &self,
         key: &str,
-        value: Option<&Spanned<String>>,
+        value: Option<&Spanned<RawDuration>>,
         default: Duration,
     ) -> Result<Duration, ConfigError> {
         let Some(value) = value else {
             return Ok(default);
         };
-        let d = humantime::parse_duration(value.get_ref().trim()).map_err(|e| {
-            self.at(
-                value.span(),
-                format!(
-                    "{key}: `{}` is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\"",
-                    value.get_ref()
-                ),
-            )
-        })?;
+        let d = match value.get_ref() {
+            RawDuration::Seconds(secs) => Duration::from_secs(*secs),
+            RawDuration::Text(text) => humantime::parse_duration(text.trim()).map_err(|e| {
+                self.at(
+                    value.span(),
+                    format!(
+                        "{key}: `{text}` is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"1h\""
+                    ),
+                )
+            })?,
+        };
         if d.is_zero() && key != "timeouts.shutdown" {
             return Err(self.at(value.span(), format!("{key} must be greater than zero")));
         }
@@ -225,15 +238,12 @@ impl Ctx<'_> {
 
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let metrics = match &raw.metrics {
-            Some(m) => Some(m.bind.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.at(
-                    m.bind.span(),
-                    format!(
-                        "metrics.bind `{}` is not an IP:port address (e.g. \"127.0.0.1:9100\")",
-                        m.bind.get_ref()
-                    ),
-                )
-            })?),
+            Some(m) => Some(self.bind_addr(
+                "metrics.bind",
+                m.bind.get_ref(),
+                m.bind.span(),
+                "\"127.0.0.1:9100\"",
+            )?),
             None => None,
         };
         let t = &raw.timeouts;
@@ -292,6 +302,7 @@ impl Ctx<'_> {
                     .into(),
             ));
         }
+        let mut warnings = Vec::new();
         let mut seen_binds: Vec<SocketAddr> = Vec::new();
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         for listener in &raw.listeners {
@@ -310,9 +321,12 @@ impl Ctx<'_> {
                 } else {
                     bind.span()
                 };
-                let addr: SocketAddr = bind.get_ref().parse().map_err(|_| {
-                    self.at(span.clone(), format!("bind `{}` is not an IP:port address (e.g. \"0.0.0.0:443\", \"[::]:443\")", bind.get_ref()))
-                })?;
+                let addr = self.bind_addr(
+                    "bind",
+                    bind.get_ref(),
+                    span.clone(),
+                    "\"0.0.0.0:443\", \"[::]:443\"",
+                )?;
                 if seen_binds.contains(&addr) {
                     return Err(self.at(span, format!("bind `{addr}` is used twice; each address may be bound by one listener only")));
                 }
@@ -364,6 +378,9 @@ impl Ctx<'_> {
                 router
                     .add(pattern.get_ref(), target(pattern.get_ref(), pool, access))
                     .map_err(|e| self.at(pattern.span(), e.to_string()))?;
+                if let Some(warning) = unanchored(pattern.get_ref()) {
+                    warnings.push(self.at(pattern.span(), warning).to_string());
+                }
             }
             let default = match &raw_l.default {
                 Some(name) => Some(target(
@@ -406,6 +423,7 @@ impl Ctx<'_> {
             listeners,
             pools,
             metrics,
+            warnings,
         })
     }
 
@@ -552,6 +570,9 @@ impl Ctx<'_> {
         let mut servers: Vec<Server> = Vec::new();
         for entry in &u.servers {
             let s = entry.get_ref();
+            if let Some(hint) = nginx_parameters(name, &s.addr).or_else(|| url(&s.addr)) {
+                return Err(self.at(entry.span(), format!("server `{}`: {hint}", s.addr)));
+            }
             if s.weight == 0 {
                 return Err(self.at(
                     entry.span(),
@@ -605,16 +626,57 @@ impl Ctx<'_> {
         Ok(pool)
     }
 
+    /// An address to listen on: `what` (`bind`, `metrics.bind`) names it in
+    /// errors, `example` shows how to write one.
+    fn bind_addr(
+        &self,
+        what: &str,
+        addr: &str,
+        span: Range<usize>,
+        example: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        self.check_port(
+            what,
+            addr,
+            span.clone(),
+            "has the kernel pick a port no client knows, another at each start: give a fixed port (1 to 65535)",
+        )?;
+        addr.parse().map_err(|_| {
+            self.at(
+                span,
+                format!("{what} `{addr}` is not an IP:port address (e.g. {example})"),
+            )
+        })
+    }
+
+    /// An error naming `what` (`bind`, `server`) if [`port_problem`] finds the
+    /// port of `addr` unusable.
+    fn check_port(
+        &self,
+        what: &str,
+        addr: &str,
+        span: Range<usize>,
+        zero: &str,
+    ) -> Result<(), ConfigError> {
+        match port_problem(addr, zero) {
+            Some(problem) => Err(self.at(span, format!("{what} `{addr}`: {problem}"))),
+            None => Ok(()),
+        }
+    }
+
     /// `ip:port` as is; `name:port` through the system resolver, every address it
     /// returns becoming a server (as nginx does).
     fn resolve(&self, addr: &str, span: Range<usize>) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.check_port(
+            "server",
+            addr,
+            span.clone(),
+            "cannot be connected to: use 1 to 65535",
+        )?;
         if let Ok(addr) = addr.parse() {
             return Ok(vec![addr]);
         }
-        let has_port = addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-        if !has_port {
+        if !has_port(addr) {
             return Err(self.at(
                 span,
                 format!("server `{addr}` needs a port: write \"host:port\" or \"ip:port\""),
@@ -631,6 +693,117 @@ impl Ctx<'_> {
             return Err(self.at(span, format!("server `{addr}` resolves to no address")));
         }
         Ok(addrs)
+    }
+}
+
+/// What to write instead of a server given the nginx way, `"ip:port weight=2
+/// backup"`, in upstream `pool`; `None` when `addr` carries no parameters.
+fn nginx_parameters(pool: &str, addr: &str) -> Option<String> {
+    let mut words = addr.split_whitespace();
+    let host_port = words.next()?;
+    let mut fields = String::new();
+    let mut upstream = Vec::new();
+    let mut unknown = Vec::new();
+    for param in words {
+        match param.split_once('=') {
+            Some(("weight", n)) => fields.push_str(&format!(", weight = {n}")),
+            None if param == "backup" => fields.push_str(", backup = true"),
+            Some(("max_fails", n)) => upstream.push(format!("max_fails = {n}")),
+            // nginx reads a bare number as seconds.
+            Some(("fail_timeout", t)) if t.bytes().all(|b| b.is_ascii_digit()) => {
+                upstream.push(format!("fail_timeout = \"{t}s\""));
+            }
+            Some(("fail_timeout", t)) => upstream.push(format!("fail_timeout = \"{t}\"")),
+            _ => unknown.push(format!("`{param}`")),
+        }
+    }
+    if fields.is_empty() && upstream.is_empty() && unknown.is_empty() {
+        return None;
+    }
+    let server = if fields.is_empty() {
+        format!("\"{host_port}\"")
+    } else {
+        format!("{{ addr = \"{host_port}\"{fields} }}")
+    };
+    let mut hint = format!("a server is \"host:port\" alone; write {server}");
+    if !upstream.is_empty() {
+        hint += &format!(
+            ", and {} under [upstreams.{pool}] (set per upstream, not per server)",
+            upstream.join(", ")
+        );
+    }
+    if !unknown.is_empty() {
+        hint += &format!("; leave out {} (no equivalent here)", unknown.join(", "));
+    }
+    Some(hint)
+}
+
+/// What to write instead of a server given as a URL (`https://node.lan`):
+/// `host:port`, the port from the URL or its scheme. `None` for anything else.
+fn url(addr: &str) -> Option<String> {
+    let (scheme, rest) = addr.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let instead = match scheme.to_ascii_lowercase().as_str() {
+        _ if has_port(authority) => authority.to_owned(),
+        "https" => format!("{authority}:443"),
+        "http" => format!("{authority}:80"),
+        _ => format!("{authority}:PORT"),
+    };
+    Some(format!(
+        "a server is \"host:port\", not a URL; write \"{instead}\""
+    ))
+}
+
+/// Why route `pattern`, if a `~regex`, may match more than meant: a regex not
+/// anchored at both ends matches every name that merely contains a match.
+fn unanchored(pattern: &str) -> Option<String> {
+    use regex_syntax::hir::Look;
+    let regex = pattern.strip_prefix('~')?;
+    // Already compiled by the router, so this parse does not fail.
+    let hir = regex_syntax::parse(regex).ok()?;
+    let props = hir.properties();
+    let mut missing = Vec::new();
+    if !props.look_set_prefix().contains(Look::Start) {
+        missing.push("no `^` at the start");
+    }
+    if !props.look_set_suffix().contains(Look::End) {
+        missing.push("no `$` at the end");
+    }
+    if missing.is_empty() {
+        return None;
+    }
+    let core = regex.strip_prefix('^').unwrap_or(regex);
+    let core = core.strip_suffix('$').unwrap_or(core);
+    let anchored = if core.contains('|') {
+        format!("~^(?:{core})$")
+    } else {
+        format!("~^{core}$")
+    };
+    Some(format!(
+        "route `{pattern}` has {}: it matches any name that only contains a match, as `~internal` matches `internal.evil.com`; write `{anchored}` unless that is meant",
+        missing.join(" and ")
+    ))
+}
+
+/// Whether `addr` ends in `:port` after a host.
+fn has_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// What is wrong with the port of `addr` (`host:port`, `[v6]:port`) when it is
+/// written as a number that is no port, `zero` saying why 0 is not one here;
+/// `None` for anything else, which the address parser or the resolver judge.
+fn port_problem(addr: &str, zero: &str) -> Option<String> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let bare_v6 = host.contains(':') && !host.ends_with(']');
+    if host.is_empty() || bare_v6 || port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Some(format!("port 0 {zero}")),
+        Ok(_) => None,
+        Err(_) => Some(format!("port {port} is out of range: use 1 to 65535")),
     }
 }
 

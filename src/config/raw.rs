@@ -21,10 +21,52 @@ pub struct RawConfig {
     #[serde(default)]
     pub log: RawLog,
     pub metrics: Option<RawMetrics>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "listeners")]
     pub listeners: Vec<Spanned<RawListener>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "upstreams")]
     pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+}
+
+/// `[[listeners]]`, an array of tables. Its `expecting` is the hint a single
+/// `[listeners]` table (or a `[listeners.routes]` above every listener) gets.
+fn listeners<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Spanned<RawListener>>, D::Error> {
+    struct ListenersVisitor;
+    impl<'de> Visitor<'de> for ListenersVisitor {
+        type Value = Vec<Spanned<RawListener>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an array of tables: write [[listeners]] (double brackets), one per listener, each followed by its own [listeners.routes]")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut listeners = Vec::new();
+            while let Some(listener) = seq.next_element()? {
+                listeners.push(listener);
+            }
+            Ok(listeners)
+        }
+    }
+    d.deserialize_any(ListenersVisitor)
+}
+
+/// `[upstreams.NAME]`, a table of tables. Its `expecting` is the hint
+/// `[[upstreams]]` (a list without names) gets.
+fn upstreams<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Spanned<RawUpstream>>, D::Error> {
+    struct UpstreamsVisitor;
+    impl<'de> Visitor<'de> for UpstreamsVisitor {
+        type Value = BTreeMap<String, Spanned<RawUpstream>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("named tables: write [upstreams.NAME] (single brackets), one per upstream, e.g. [upstreams.web]; routes refer to it by NAME")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut upstreams = BTreeMap::new();
+            while let Some((name, upstream)) = map.next_entry()? {
+                upstreams.insert(name, upstream);
+            }
+            Ok(upstreams)
+        }
+    }
+    d.deserialize_any(UpstreamsVisitor)
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,10 +78,39 @@ pub struct RawMetrics {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
-    pub peek: Option<Spanned<String>>,
-    pub connect: Option<Spanned<String>>,
-    pub idle: Option<Spanned<String>>,
-    pub shutdown: Option<Spanned<String>>,
+    pub peek: Option<Spanned<RawDuration>>,
+    pub connect: Option<Spanned<RawDuration>>,
+    pub idle: Option<Spanned<RawDuration>>,
+    pub shutdown: Option<Spanned<RawDuration>>,
+}
+
+/// A duration as written: a string such as `"5s"` or `"1h 30m"`, or a bare
+/// integer of seconds (`idle = 3600`, as nginx reads `3600`).
+#[derive(Debug)]
+pub enum RawDuration {
+    Text(String),
+    Seconds(u64),
+}
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl<'de> Visitor<'de> for DurationVisitor {
+            type Value = RawDuration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration: a string such as \"500ms\", \"5s\", \"1h\", or a whole number of seconds")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawDuration, E> {
+                Ok(RawDuration::Text(text.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, secs: i64) -> Result<RawDuration, E> {
+                u64::try_from(secs)
+                    .map(RawDuration::Seconds)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(secs), &self))
+            }
+        }
+        d.deserialize_any(DurationVisitor)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,7 +183,7 @@ pub struct RawUpstream {
     pub servers: Vec<Spanned<RawServer>>,
     pub balance: Option<RawBalance>,
     pub max_fails: Option<u32>,
-    pub fail_timeout: Option<Spanned<String>>,
+    pub fail_timeout: Option<Spanned<RawDuration>>,
     pub proxy_protocol: Option<Spanned<RawProxyProtocol>>,
     pub proxy_protocol_authority: Option<Spanned<bool>>,
 }
@@ -221,7 +292,7 @@ impl<'de> Deserialize<'de> for Routes {
         impl<'de> Visitor<'de> for RoutesVisitor {
             type Value = Routes;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table of \"hostname pattern\" = \"upstream name\"")
+                f.write_str("a table of \"hostname pattern\" = \"upstream name\": write [listeners.routes] (single brackets) after its [[listeners]]")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Routes, A::Error> {
                 let mut routes = Vec::new();

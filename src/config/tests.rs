@@ -399,3 +399,37 @@ fn offline_parsing_never_resolves_names() {
     );
     assert!(parse_offline(MINIMAL, Path::new("t.toml")).is_ok());
 }
+
+#[test]
+fn unanchored_regex_routes_are_warnings_with_their_location() {
+    let warnings = |pattern: &str| {
+        let text = MINIMAL.replace("\"a.example.com\"", &format!("\"{pattern}\""));
+        load_str(&text).unwrap().warnings
+    };
+    for anchored in [
+        "a.example.com",
+        "*.example.com",
+        r"~^argo-[a-z]+\\.example\\.com$",
+        r"~^(?:a|b)\\.example\\.com$",
+        r"~\\Aa\\z",
+    ] {
+        assert_eq!(warnings(anchored), Vec::<String>::new(), "{anchored}");
+    }
+    assert_eq!(
+        warnings("~internal"),
+        ["t.toml:7:1: route `~internal` has no `^` at the start and no `$` at the end: it matches any name that only contains a match, as `~internal` matches `internal.evil.com`; write `~^internal$` unless that is meant"]
+    );
+    let cases = [
+        ("~^internal", "has no `$` at the end:", "`~^internal$`"),
+        ("~internal$", "has no `^` at the start:", "`~^internal$`"),
+        (
+            "~^a|b$",
+            "no `^` at the start and no `$` at the end",
+            "`~^(?:a|b)$`",
+        ),
+    ];
+    for (pattern, missing, instead) in cases {
+        let w = warnings(pattern).join("\n");
+        assert!(w.contains(missing) && w.contains(instead), "{pattern}: {w}");
+    }
+}
