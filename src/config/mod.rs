@@ -368,10 +368,10 @@ impl Ctx<'_> {
             let mut router = RouterBuilder::default();
             for (pattern, route) in &raw_l.routes.0 {
                 let r = route.get_ref();
-                let name = r
-                    .pool
-                    .clone()
-                    .unwrap_or_else(|| Spanned::new(route.span(), r.pool_name.clone()));
+                let name = match r.pool.span().is_empty() {
+                    true => Spanned::new(route.span(), r.pool.get_ref().clone()),
+                    false => r.pool.clone(),
+                };
                 let what = format!("route `{}`", pattern.get_ref());
                 let pool = self.pool_ref(&pools, &name, &what)?;
                 let access = self.access(&what, &r.allow, &r.deny)?;

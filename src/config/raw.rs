@@ -238,9 +238,9 @@ pub struct Routes(pub Vec<(Spanned<String>, Spanned<RawRoute>)>);
 /// A route's value: `"pool"`, or `{ pool = "pool", allow = [...], deny = [...] }`.
 #[derive(Debug)]
 pub struct RawRoute {
-    /// `None` in the short form: the pool name is the whole value.
-    pub pool: Option<Spanned<String>>,
-    pub pool_name: String,
+    /// In the short form its span is empty: the caller's span of the whole
+    /// value covers it.
+    pub pool: Spanned<String>,
     pub allow: Nets,
     pub deny: Nets,
 }
@@ -257,8 +257,7 @@ impl<'de> Deserialize<'de> for RawRoute {
             }
             fn visit_str<E: de::Error>(self, pool: &str) -> Result<RawRoute, E> {
                 Ok(RawRoute {
-                    pool: None,
-                    pool_name: pool.to_owned(),
+                    pool: Spanned::new(0..0, pool.to_owned()),
                     allow: Vec::new(),
                     deny: Vec::new(),
                 })
@@ -275,8 +274,7 @@ impl<'de> Deserialize<'de> for RawRoute {
                 }
                 let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(RawRoute {
-                    pool_name: t.pool.get_ref().clone(),
-                    pool: Some(t.pool),
+                    pool: t.pool,
                     allow: t.allow,
                     deny: t.deny,
                 })
