@@ -1,4 +1,5 @@
 use super::*;
+use crate::pool::{Balance, HealthPolicy};
 
 fn load_str(text: &str) -> Result<Config, String> {
     parse(text, Path::new("t.toml")).map_err(|e| e.to_string())
