@@ -60,7 +60,7 @@ struct Reached {
 /// end of `sent`, after any PROXY header of the client's), or `None` if the
 /// proxy closed or answered by itself.
 async fn forward(
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     sent: &[u8],
     bytes: &[u8],
     upstreams: &[&Upstream],
@@ -98,9 +98,9 @@ async fn forward(
 /// Where one probe went: the name of the upstream that received exactly the
 /// bytes sent, or `None` if the proxy closed or answered by itself.
 async fn route(proxy: SocketAddr, probe: Probe<'_>, upstreams: &[&Upstream]) -> Option<String> {
-    let stream = TcpStream::connect(proxy).await.unwrap();
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
     let bytes = probe_bytes(probe);
-    let reached = forward(stream, &bytes, &bytes, upstreams).await?;
+    let reached = forward(&mut stream, &bytes, &bytes, upstreams).await?;
     assert_eq!(reached.header, "", "{probe:?}: more than the client sent");
     Some(reached.upstream)
 }
@@ -668,14 +668,14 @@ stream {{
             ("127.0.0.5", direct, None, "web.example.com"),
             ("127.0.0.6", plain, None, "web.example.com"),
         ] {
-            let stream = connect_from(Some(from), to).await;
+            let mut stream = connect_from(Some(from), to).await;
             let me = stream.local_addr().unwrap();
             let hello = probe_bytes(Probe::Tls(Some(sni)));
             let mut sent = client
                 .map(|c| format!("PROXY TCP4 {c} 192.0.2.1 40000 443\r\n").into_bytes())
                 .unwrap_or_default();
             sent.extend_from_slice(&hello);
-            let reached = forward(stream, &sent, &hello, &all).await;
+            let reached = forward(&mut stream, &sent, &hello, &all).await;
             out.push(reached.map(|r| {
                 let named = match header_client(&r.header) {
                     Some(c) if c == me => "me".to_owned(),
@@ -780,9 +780,10 @@ stream {{
         let mut out = Vec::new();
         for to in [inherits, exact, lossy] {
             for from in clients {
-                let stream = connect_from(Some(from), to).await;
+                let mut stream = connect_from(Some(from), to).await;
                 let bytes = format!("hello {}\n", NONCE.fetch_add(1, Ordering::SeqCst));
-                let reached = forward(stream, bytes.as_bytes(), bytes.as_bytes(), &[&u[0]]).await;
+                let reached =
+                    forward(&mut stream, bytes.as_bytes(), bytes.as_bytes(), &[&u[0]]).await;
                 out.push(reached.is_some());
             }
         }
@@ -802,6 +803,98 @@ stream {{
     assert_eq!(
         sniroute_admits,
         [&same[..], &[n, n, y]].concat(),
+        "sniroute\n{}",
+        proxy.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_config_with_a_per_client_limit_and_an_https_redirect() {
+    // What an edge VM runs: :443 by SNI with one connection per client at a
+    // time, and an http {} server on :80 that only redirects to https.
+    let apps = nodes("apps", 2, 1).await;
+    let (https, http) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "nginx.conf",
+        &format!(
+            r#"{}
+worker_processes 1;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    server {{
+        listen {http};
+        server_name _;
+        return 301 https://$host$request_uri;
+    }}
+}}
+stream {{
+    limit_conn_zone $binary_remote_addr zone=perip:1m;
+    limit_conn perip 1;
+    upstream apps {{ server {}; }}
+    server {{ listen {https}; ssl_preread on; proxy_pass apps; }}
+}}
+"#,
+            load_stream_module(),
+            apps[0].addr,
+        ),
+    );
+    let conf = dir.path().join("nginx.conf");
+    let (code, _, err) = run_cli(&["import-nginx", conf.to_str().unwrap()]);
+    assert_eq!(code, 3, "the redirect is not carried over yet: {err}");
+    assert!(
+        err.contains("sniroute: warning: not translated: return 301 https://$host$request_uri ("),
+        "{err}"
+    );
+    let toml = import_with(dir.path(), &["--allow-lossy"]);
+    assert!(toml.contains("\nmax_connections_per_ip = 1 "), "{toml}");
+    assert!(
+        toml.contains(&format!(
+            "# [[listeners]]\n# bind = [\"{http}\"]\n# protocol = \"http\"\n# redirect_https = true"
+        )),
+        "{toml}"
+    );
+
+    // A second connection from the same client is refused while the first is
+    // open; another client gets through.
+    let probes = async || {
+        let hello = || probe_bytes(Probe::Tls(Some("app.example.com")));
+        let mut first = connect_from(Some("127.0.0.5"), https).await;
+        let (a, b) = (hello(), hello());
+        let one = forward(&mut first, &a, &a, &[&apps[0]]).await.is_some();
+        let mut second = connect_from(Some("127.0.0.5"), https).await;
+        let two = forward(&mut second, &b, &b, &[&apps[0]]).await.is_some();
+        let mut other = connect_from(Some("127.0.0.6"), https).await;
+        let c = hello();
+        let three = forward(&mut other, &c, &c, &[&apps[0]]).await.is_some();
+        (one, two, three)
+    };
+    let nginx = Nginx::start(dir.path(), &[https, http]);
+    assert_eq!(
+        probes().await,
+        (true, false, true),
+        "nginx\n{}",
+        nginx.log()
+    );
+    // What the commented-out listener is to replace.
+    let mut client = TcpStream::connect(http).await.unwrap();
+    client
+        .write_all(b"GET /a?b=c HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&read_all(&mut client).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 301 "), "{answer}");
+    assert!(
+        answer.contains("\r\nLocation: https://app.example.com/a?b=c\r\n"),
+        "{answer}"
+    );
+    drop(nginx);
+    let proxy = Sniroute::start(&toml);
+    assert_eq!(
+        probes().await,
+        (true, false, true),
         "sniroute\n{}",
         proxy.log()
     );
