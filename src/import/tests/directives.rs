@@ -39,18 +39,17 @@ fn tcp_nodelay_is_not_needed() {
 }
 
 #[test]
-fn hash_table_sizes_are_not_needed() {
-    let text = one_server(
-        "  variables_hash_max_size 2048;\n  variables_hash_bucket_size 128;\n  map_hash_max_size 4096;\n  map_hash_bucket_size 128;",
-        "",
-    );
+fn hash_table_sizes_and_map_volatile_are_not_needed() {
+    let text = "stream {\n variables_hash_max_size 2048;\n variables_hash_bucket_size 128;\n map_hash_max_size 4096;\n map_hash_bucket_size 128;\n map $ssl_preread_server_name $b { volatile; default u; }\n upstream u { server 10.0.0.1:443; }\n server { listen 443; ssl_preread on; proxy_pass $b; }\n}\n";
+    import(text);
     for d in [
         "variables_hash_max_size",
         "variables_hash_bucket_size",
         "map_hash_max_size",
         "map_hash_bucket_size",
+        "volatile",
     ] {
-        assert_eq!(severity(&text, d), Severity::NotNeeded, "{d}");
+        assert_eq!(severity(text, d), Severity::NotNeeded, "{d}");
     }
 }
 

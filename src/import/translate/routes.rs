@@ -56,8 +56,10 @@ impl<'a> Translator<'a> {
         for entry in block {
             match (&*entry.name, entry.args.len(), &entry.block) {
                 ("hostnames", 0, None) => map.hostnames = true,
-                // Only about caching in nginx; nothing to carry over.
-                ("volatile", 0, None) => {}
+                ("volatile", 0, None) => map.notes.push(Note::not_needed(
+                    entry,
+                    "only about nginx's caching of the value",
+                )),
                 ("default", 1, None) => map.default = Some(entry),
                 (_, 1, None) => map.entries.push(entry),
                 _ => map
