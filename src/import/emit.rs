@@ -87,6 +87,21 @@ impl Plan {
             .chain(self.upstreams.iter().flat_map(|u| u.notes.iter()))
     }
 
+    /// One line for stderr per note about something left out, and whether it
+    /// is lossy. Each once: a map used by two listeners has its lost entries
+    /// noted at both.
+    pub fn warnings(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = Vec::new();
+        for note in self.all_notes() {
+            if let Some(line) = note.warning() {
+                if !out.iter().any(|(l, _)| *l == line) {
+                    out.push((line, note.severity == Severity::Lossy));
+                }
+            }
+        }
+        out
+    }
+
     /// The config file text.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -103,10 +118,7 @@ impl Plan {
              # where connections go or what servers receive: decide for each what you need.\n\
              # \"not needed\" comments name directives that change none of that.\n",
         );
-        let lossy = self
-            .all_notes()
-            .filter(|n| n.severity == Severity::Lossy)
-            .count();
+        let lossy = self.warnings().iter().filter(|(_, lossy)| *lossy).count();
         if lossy > 0 {
             let _ = writeln!(
                 out,

@@ -26,7 +26,6 @@ mod units;
 
 use std::path::Path;
 
-use note::Severity;
 pub use translate::TranslateError;
 pub use tree::TreeError;
 
@@ -62,24 +61,13 @@ pub fn nginx_file(path: &Path) -> Result<Imported, ImportError> {
 }
 
 fn imported(plan: &emit::Plan) -> Imported {
-    // A map used by two listeners has its lost entries noted at both: one
-    // warning each is enough.
-    let mut warnings = Vec::new();
-    let mut lossy = 0;
-    for note in plan.all_notes() {
-        if let Some(line) = note.warning() {
-            if !warnings.contains(&line) {
-                lossy += usize::from(note.severity == Severity::Lossy);
-                warnings.push(line);
-            }
-        }
-    }
+    let warnings = plan.warnings();
     Imported {
         toml: plan.render(),
         listeners: plan.listeners.iter().filter(|l| !l.disabled).count(),
         upstreams: plan.upstreams.len(),
-        warnings,
-        lossy,
+        lossy: warnings.iter().filter(|(_, lossy)| *lossy).count(),
+        warnings: warnings.into_iter().map(|(line, _)| line).collect(),
     }
 }
 

@@ -78,3 +78,20 @@ impl Note {
             .then(|| self.text.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 }
+
+/// Where a run of directives is: `file:line`, `file:first-last`, or every
+/// place when they span files.
+pub fn span(ds: &[&Directive]) -> String {
+    let (Some(first), Some(last)) = (ds.first(), ds.last()) else {
+        return String::new();
+    };
+    if ds.iter().any(|d| d.at.file != first.at.file) {
+        let all: Vec<String> = ds.iter().map(|d| d.at.to_string()).collect();
+        return all.join(", ");
+    }
+    if first.at.line == last.at.line {
+        first.at.to_string()
+    } else {
+        format!("{}-{}", first.at, last.at.line)
+    }
+}

@@ -194,7 +194,7 @@ fn listen_proxy_protocol_without_set_real_ip_from_is_lossy_and_commented_out() {
     let table: toml::Table = toml::from_str(&toml).unwrap();
     assert!(table.get("listeners").is_none(), "{toml}");
     assert!(
-        squeezed(&toml).contains("# accept_proxy_protocol = true # listen ... proxy_protocol\n# proxy_protocol_from = [] #"),
+        squeezed(&toml).contains("# accept_proxy_protocol = true # listen ... proxy_protocol (nginx.conf:3)\n# proxy_protocol_from = [] #"),
         "{toml}"
     );
     assert_eq!(severity(text, "without set_real_ip_from"), Severity::Lossy);

@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv4Subnets, Ipv6Net, Ipv6Subnets};
 
 use super::super::emit::{list, ListenerPlan, Setting};
-use super::super::note::Note;
+use super::super::note::{span, Note};
 use super::super::tree::Directive;
 
 /// At most this many missing blocks are named in a note.
@@ -42,7 +42,7 @@ pub fn translate(rules: &[&Directive], l: &mut ListenerPlan) {
     if rules.is_empty() {
         return;
     }
-    let Some(at) = lines(rules) else { return };
+    let at = span(rules);
     let mut live: Vec<Rule> = Vec::new();
     let mut reached = Addrs::default();
     for &d in rules {
@@ -140,21 +140,6 @@ fn net_text(n: &IpNet) -> String {
     } else {
         n.to_string()
     }
-}
-
-/// `file:first-last` of the rules (`file:line` for one; every place when they
-/// span files).
-fn lines(rules: &[&Directive]) -> Option<String> {
-    let (first, last) = (rules.first()?, rules.last()?);
-    if rules.iter().any(|d| d.at.file != first.at.file) {
-        let all: Vec<String> = rules.iter().map(|d| d.at.to_string()).collect();
-        return Some(all.join(", "));
-    }
-    Some(if first.at.line == last.at.line {
-        first.at.to_string()
-    } else {
-        format!("{}-{}", first.at, last.at.line)
-    })
 }
 
 /// One nginx rule; `who: None` is `all`.

@@ -133,7 +133,7 @@ pub fn per_client(zones: &HashMap<String, &Directive>, effective: &[Settings], p
         .filter(|(name, _)| !used_zones.contains(name.as_str()))
         .map(|(_, d)| d)
         .collect();
-    unused.sort_by_key(|d| d.at.line);
+    unused.sort_by_key(|d| (d.at.file.clone(), d.at.line));
     for d in unused {
         plan.notes
             .push(Note::not_needed(d, "no listener uses this zone"));
@@ -170,6 +170,8 @@ pub fn per_client(zones: &HashMap<String, &Directive>, effective: &[Settings], p
     }
 }
 
+const NOT_ONE_LIMIT: &str = "sniroute has one per-client limit, the same on all listeners (limits.max_connections_per_ip); here the listeners do not all have exactly this one limit_conn";
+
 /// The one per-client limit every listener enforces, with its `limit_conn`
 /// and zone; `Err(why)` when there is no such one.
 fn same_limit<'a>(
@@ -179,10 +181,7 @@ fn same_limit<'a>(
     let mut found: Option<(&str, u32, &Directive)> = None;
     for limits in enforced {
         let [d] = limits else {
-            return Err(
-                "sniroute has one per-client limit for all listeners (limits.max_connections_per_ip); here listeners differ in their limit_conn"
-                    .into(),
-            );
+            return Err(NOT_ONE_LIMIT.into());
         };
         let (Some(zone), Some(n)) = (
             d.args.first(),
@@ -194,16 +193,12 @@ fn same_limit<'a>(
             return Err("expected a zone and a number from 1 to 10000000".into());
         };
         match found {
-            Some((z, m, _)) if (z, m) != (zone.as_str(), n) => {
-                return Err("sniroute has one per-client limit for all listeners (limits.max_connections_per_ip); here listeners differ in their limit_conn".into())
-            }
+            Some((z, m, _)) if (z, m) != (zone.as_str(), n) => return Err(NOT_ONE_LIMIT.into()),
             Some(_) => {}
             None => found = Some((zone, n, d)),
         }
     }
-    let Some((zone, n, d)) = found else {
-        return Err("no limit".into());
-    };
+    let (zone, n, d) = found.ok_or(NOT_ONE_LIMIT)?;
     let Some(&z) = zones.get(zone) else {
         return Err(format!("no limit_conn_zone defines zone {zone}"));
     };

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 
 use super::super::emit::{list, ListenerPlan, Setting};
-use super::super::note::Note;
+use super::super::note::{span, Note};
 use super::super::tree::{Directive, Location};
 use super::access;
 use super::settings::Settings;
@@ -49,6 +49,8 @@ const SOCKET_TUNING: &[(&str, &str)] = &[
 struct Binds {
     plain: Vec<String>,
     proxied: Vec<String>,
+    /// Where the `listen ... proxy_protocol` directives are.
+    proxied_at: Vec<String>,
 }
 
 impl<'a> Translator<'a> {
@@ -139,7 +141,8 @@ impl<'a> Translator<'a> {
                 )];
             }
             proxied.binds = binds.proxied;
-            self.accept_proxy_protocol(&settings.lists.real_ip_from, &mut proxied);
+            let at = binds.proxied_at.join(", ");
+            self.accept_proxy_protocol(&at, &settings.lists.real_ip_from, &mut proxied);
             out.push(proxied);
         }
         for l in &mut out {
@@ -159,7 +162,12 @@ impl<'a> Translator<'a> {
     /// `accept_proxy_protocol` from the server's `set_real_ip_from`; without
     /// one the listener is commented out, since trusting every source would
     /// let any client claim any address.
-    fn accept_proxy_protocol(&mut self, real_ip_from: &[&Directive], l: &mut ListenerPlan) {
+    fn accept_proxy_protocol(
+        &mut self,
+        listen_at: &str,
+        real_ip_from: &[&Directive],
+        l: &mut ListenerPlan,
+    ) {
         self.accepts_proxy_protocol = true;
         let mut from = Vec::new();
         for &d in real_ip_from {
@@ -178,17 +186,16 @@ impl<'a> Translator<'a> {
         l.settings.push(Setting {
             key: "accept_proxy_protocol",
             value: "true".into(),
-            comment: "listen ... proxy_protocol".into(),
+            comment: format!("listen ... proxy_protocol ({listen_at})"),
         });
-        let at = lines_of(real_ip_from);
         if from.is_empty() {
-            l.notes.push(Note::lossy_text(
-                "not translated: listen ... proxy_protocol without set_real_ip_from: nginx read a PROXY\n\
-                 header from every client and trusted none (the address it saw stayed the\n\
-                 balancer's); sniroute reads the header only from proxy_protocol_from and trusts it,\n\
-                 and this import never trusts every source. The listener is commented out: list\n\
-                 the balancers in front in proxy_protocol_from, then uncomment it.",
-            ));
+            l.notes.push(Note::lossy_text(format!(
+                "not translated: listen ... proxy_protocol ({listen_at}) without set_real_ip_from: nginx\n\
+                 read a PROXY header from every client and trusted none (the address it saw stayed\n\
+                 the balancer's); sniroute reads the header only from proxy_protocol_from and trusts\n\
+                 it, and this import never trusts every source. The listener is commented out: list\n\
+                 the balancers in front in proxy_protocol_from, then uncomment it."
+            )));
             l.disabled = true;
             l.settings.push(Setting {
                 key: "proxy_protocol_from",
@@ -204,16 +211,9 @@ impl<'a> Translator<'a> {
         l.settings.push(Setting {
             key: "proxy_protocol_from",
             value: list(&from),
-            comment: format!("set_real_ip_from ({at})"),
+            comment: format!("set_real_ip_from ({})", span(real_ip_from)),
         });
     }
-}
-
-fn lines_of(ds: &[&Directive]) -> String {
-    ds.iter()
-        .map(|d| d.at.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A wildcard address a `listen` binds: the port it takes, whether a PROXY
@@ -321,6 +321,7 @@ fn listen(
         }
     }
     let list = if proxied {
+        binds.proxied_at.push(d.at.to_string());
         &mut binds.proxied
     } else {
         &mut binds.plain
