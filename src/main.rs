@@ -1,6 +1,7 @@
 //! The `sniroute` command: parse arguments, load the config, then run it, check
 //! it or explain it; or translate an nginx config (`import-nginx`). Errors end
-//! here, as one line on stderr and exit code 1.
+//! here, as one line on stderr and exit code 1; a lossy import exits with
+//! [`EXIT_LOSSY`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +10,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use sniroute::{config, explain, import, logging, server};
+
+/// `import-nginx` printed a config, but something that decides who may
+/// connect, where connections go or what servers receive was not carried
+/// over (and `--allow-lossy` was not given).
+const EXIT_LOSSY: u8 = 3;
 
 /// Layer-4 load balancer: routes TLS by SNI and HTTP by Host to upstream pools,
 /// without terminating anything.
@@ -72,11 +78,20 @@ Environment:
 enum Command {
     /// Translate the `stream {}` block of an nginx config (and its includes)
     /// into a sniroute config, printed on stdout. Comments name every nginx
-    /// directive (file:line) that was not carried over.
+    /// directive (file:line) that was not carried over; so do warnings on stderr.
+    #[command(
+        after_help = "Exit status: 0 when everything that decides who may connect, where \
+        connections go and what servers receive was carried over; 3 when something of that was \
+        not (the config is printed all the same, and each loss is a \"not translated\" comment \
+        and a warning), unless --allow-lossy is given; 1 when the nginx config cannot be read."
+    )]
     ImportNginx {
         /// The nginx config, usually /etc/nginx/nginx.conf.
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Exit 0 even when the import is lossy (see the "not translated" comments).
+        #[arg(long)]
+        allow_lossy: bool,
     },
 }
 
@@ -86,7 +101,7 @@ fn main() -> ExitCode {
     // Log lines still queued for the writer thread go out before anything else.
     logging::flush();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("sniroute: error: {e:#}");
             ExitCode::FAILURE
@@ -94,9 +109,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Command::ImportNginx { file }) = &cli.command {
-        return import_nginx(file);
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Some(Command::ImportNginx { file, allow_lossy }) = &cli.command {
+        return import_nginx(file, *allow_lossy);
     }
     let text = config::read(&cli.config)?;
     let config = config::parse(&text, &cli.config)?;
@@ -108,13 +123,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             &config,
             &cli.config.display().to_string(),
         ));
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     if let Some(host) = &cli.explain {
         let out = explain::explain(&config, host, cli.listener)
             .with_context(|| cli.config.display().to_string())?;
         print(&out);
-        return Ok(());
+        return Ok(ExitCode::SUCCESS);
     }
     logging::init(&config.log).context("cannot start the log writer thread")?;
     for warning in &config.warnings {
@@ -132,20 +147,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(server::run(config, options))?;
     // Connections still open after the drain are cut here, not awaited.
     runtime.shutdown_background();
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
-fn import_nginx(file: &std::path::Path) -> anyhow::Result<()> {
+fn import_nginx(file: &std::path::Path, allow_lossy: bool) -> anyhow::Result<ExitCode> {
     let imported = import::nginx_file(file)?;
     print(&imported.toml);
+    for warning in &imported.warnings {
+        eprintln!("sniroute: warning: {warning}");
+    }
     eprintln!(
-        "sniroute: translated {} listener(s) and {} upstream(s) from {}; {} directive(s) not translated (see the comments). Check the result with: sniroute --config FILE --check",
+        "sniroute: translated {} listener(s) and {} upstream(s) from {}; {} thing(s) not translated, {} not needed (see the comments). Check the result with: sniroute --config FILE --check",
         imported.listeners,
         imported.upstreams,
         file.display(),
-        imported.not_translated
+        imported.lossy,
+        imported.warnings.len() - imported.lossy,
     );
-    Ok(())
+    if imported.lossy > 0 && !allow_lossy {
+        eprintln!(
+            "sniroute: the import is lossy: what is not translated decides who may connect, where connections go or what servers receive; read those comments, then accept with --allow-lossy (exit status {EXIT_LOSSY})"
+        );
+        return Ok(ExitCode::from(EXIT_LOSSY));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes to stdout; a closed pipe (`sniroute -t | head`) is not an error.

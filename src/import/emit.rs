@@ -7,13 +7,15 @@
 
 use std::fmt::Write as _;
 
+use super::note::{Note, Severity};
+
 /// Everything the importer decided, ready to print.
 #[derive(Debug, Default)]
 pub struct Plan {
     /// The nginx file the plan was made from, as the user named it.
     pub source: String,
     /// Notes about nginx directives outside any listener or upstream.
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
     pub timeouts: Vec<Setting>,
     pub limits: Vec<Setting>,
     pub listeners: Vec<ListenerPlan>,
@@ -21,18 +23,18 @@ pub struct Plan {
 }
 
 /// `key = value  # comment`; `value` is already TOML.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Setting {
     pub key: &'static str,
     pub value: String,
     pub comment: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ListenerPlan {
-    /// Where the nginx `server {}` block is.
+    /// The nginx block it comes from: `server {} at nginx.conf:12`.
     pub origin: String,
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
     /// Emitted commented out: nginx's server could not be translated into a
     /// listener sniroute would accept.
     pub disabled: bool,
@@ -40,29 +42,36 @@ pub struct ListenerPlan {
     pub protocol: &'static str,
     pub protocol_comment: String,
     pub default: Option<(String, String)>,
+    /// The other listener keys (access control, PROXY header), in this order.
+    pub settings: Vec<Setting>,
     pub routes: Vec<RoutePlan>,
+    /// Where `proxy_protocol on` applied to this nginx server: its pools send
+    /// the header. Decided after all listeners are known, not printed here.
+    pub sends_proxy_protocol: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RoutePlan {
     pub pattern: String,
     pub pool: String,
     pub comment: String,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PoolPlan {
     pub name: String,
     pub origin: String,
-    pub notes: Vec<String>,
+    pub notes: Vec<Note>,
     pub servers: Vec<ServerPlan>,
     pub balance: &'static str,
     pub balance_comment: String,
     pub max_fails: u32,
     pub fail_timeout: String,
+    /// `proxy_protocol = "v1"`, with where nginx had it.
+    pub proxy_protocol: Option<String>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ServerPlan {
     pub addr: String,
     pub weight: u32,
@@ -71,11 +80,26 @@ pub struct ServerPlan {
 
 impl Plan {
     /// Every note, wherever it is attached.
-    pub fn all_notes(&self) -> impl Iterator<Item = &String> {
+    pub fn all_notes(&self) -> impl Iterator<Item = &Note> {
         self.notes
             .iter()
             .chain(self.listeners.iter().flat_map(|l| l.notes.iter()))
             .chain(self.upstreams.iter().flat_map(|u| u.notes.iter()))
+    }
+
+    /// One line for stderr per note about something left out, and whether it
+    /// is lossy. Each once: a map used by two listeners has its lost entries
+    /// noted at both.
+    pub fn warnings(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = Vec::new();
+        for note in self.all_notes() {
+            if let Some(line) = note.warning() {
+                if !out.iter().any(|(l, _)| *l == line) {
+                    out.push((line, note.severity == Severity::Lossy));
+                }
+            }
+        }
+        out
     }
 
     /// The config file text.
@@ -90,8 +114,17 @@ impl Plan {
             "# Read every comment, then check the file before you use it:\n\
              #     sniroute --config FILE --check\n\
              # A \"not translated\" comment names an nginx directive (file:line) that this\n\
-             # file does not carry over; decide for each whether you need it.\n",
+             # file does not carry over (or not exactly) although it decides who may connect,\n\
+             # where connections go or what servers receive: decide for each what you need.\n\
+             # \"not needed\" comments name directives that change none of that.\n",
         );
+        let lossy = self.warnings().iter().filter(|(_, lossy)| *lossy).count();
+        if lossy > 0 {
+            let _ = writeln!(
+                out,
+                "# This import is lossy: {lossy} \"not translated\" comment(s)."
+            );
+        }
         if !self.notes.is_empty() {
             out.push('\n');
             notes(&mut out, &self.notes, "");
@@ -119,12 +152,11 @@ impl Plan {
     }
 
     fn listener(&self, out: &mut String, l: &ListenerPlan) {
-        let _ = writeln!(out, "# from server {{}} at {}", l.origin);
+        let _ = writeln!(out, "# from {}", l.origin);
         notes(out, &l.notes, "");
         let prefix = if l.disabled { "# " } else { "" };
-        let binds: Vec<String> = l.binds.iter().map(|b| quote(b)).collect();
         let mut lines = vec![
-            (format!("bind = [{}]", binds.join(", ")), String::new()),
+            (format!("bind = {}", list(&l.binds)), String::new()),
             (
                 format!("protocol = {}", quote(l.protocol)),
                 l.protocol_comment.clone(),
@@ -132,6 +164,9 @@ impl Plan {
         ];
         if let Some((pool, comment)) = &l.default {
             lines.push((format!("default = {}", quote(pool)), comment.clone()));
+        }
+        for s in &l.settings {
+            lines.push((format!("{} = {}", s.key, s.value), s.comment.clone()));
         }
         let _ = writeln!(out, "{prefix}[[listeners]]");
         aligned(
@@ -177,23 +212,23 @@ fn pool_text(out: &mut String, p: &PoolPlan) {
         let _ = writeln!(out, "  {line},");
     }
     out.push_str("]\n");
-    aligned(
-        out,
-        &[
-            (
-                format!("balance = {}", quote(p.balance)),
-                p.balance_comment.as_str(),
-            ),
-            (format!("max_fails = {}", p.max_fails), ""),
-            (format!("fail_timeout = {}", quote(&p.fail_timeout)), ""),
-        ],
-        "",
-    );
+    let mut lines = vec![
+        (
+            format!("balance = {}", quote(p.balance)),
+            p.balance_comment.as_str(),
+        ),
+        (format!("max_fails = {}", p.max_fails), ""),
+        (format!("fail_timeout = {}", quote(&p.fail_timeout)), ""),
+    ];
+    if let Some(from) = &p.proxy_protocol {
+        lines.push(("proxy_protocol = \"v1\"".to_owned(), from.as_str()));
+    }
+    aligned(out, &lines, "");
 }
 
-fn notes(out: &mut String, notes: &[String], prefix: &str) {
+fn notes(out: &mut String, notes: &[Note], prefix: &str) {
     for note in notes {
-        for line in note.lines() {
+        for line in note.text.lines() {
             let _ = writeln!(out, "{prefix}# {line}");
         }
     }
@@ -214,6 +249,12 @@ fn aligned(out: &mut String, lines: &[(String, &str)], prefix: &str) {
             let _ = writeln!(out, "{prefix}{code:width$}  # {comment}");
         }
     }
+}
+
+/// A TOML array of strings.
+pub fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quote(i)).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// A TOML string. Literal (`'…'`) when that needs no escape and the text has a
@@ -291,8 +332,10 @@ mod tests {
         let plan = Plan {
             source: "nginx.conf".into(),
             listeners: vec![ListenerPlan {
-                origin: "nginx.conf:3".into(),
-                notes: vec!["not translated: proxy_pass $x:443 (nginx.conf:5)".into()],
+                origin: "server {} at nginx.conf:3".into(),
+                notes: vec![Note::lossy_text(
+                    "not translated: proxy_pass $x:443 (nginx.conf:5)",
+                )],
                 disabled: true,
                 binds: vec!["0.0.0.0:443".into()],
                 protocol: "tls",

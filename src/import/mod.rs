@@ -2,10 +2,15 @@
 //!
 //! Four steps, one module each: [`lexer`] splits the text as nginx does,
 //! [`tree`] builds the directive tree and expands `include`, [`translate`]
-//! decides what every stream directive becomes (and writes a note for what has
-//! no counterpart), [`emit`] prints the result. The output is meant to be read:
-//! every value says which nginx directive it came from, and everything left out
-//! is named with its `file:line`.
+//! decides what every stream directive becomes (and writes a [`note`] for what
+//! has no counterpart), [`emit`] prints the result. The output is meant to be
+//! read: every value says which nginx directive it came from, and everything
+//! left out is named with its `file:line`, in a comment and in a warning.
+//!
+//! A note is lossy when what was left out decides who may connect, which pool
+//! a connection reaches (or whether it is served at all), or what bytes a
+//! server receives; the command then exits with a status of its own unless
+//! told that this is accepted. Everything else left out is "not needed".
 //!
 //! The parser is our own. The nginx grammar is five kinds of token, and of the
 //! crates that parse it, one knows only `http {}` directives and rejects the
@@ -14,6 +19,7 @@
 
 mod emit;
 mod lexer;
+mod note;
 mod translate;
 mod tree;
 mod units;
@@ -30,8 +36,11 @@ pub struct Imported {
     pub toml: String,
     pub listeners: usize,
     pub upstreams: usize,
-    /// How many nginx directives were not carried over (each has a comment).
-    pub not_translated: usize,
+    /// One line per thing not carried over (each also has a comment), for
+    /// stderr, in the order of the output.
+    pub warnings: Vec<String>,
+    /// How many of the warnings are lossy.
+    pub lossy: usize,
 }
 
 /// Why nothing could be imported.
@@ -52,14 +61,13 @@ pub fn nginx_file(path: &Path) -> Result<Imported, ImportError> {
 }
 
 fn imported(plan: &emit::Plan) -> Imported {
+    let warnings = plan.warnings();
     Imported {
         toml: plan.render(),
         listeners: plan.listeners.iter().filter(|l| !l.disabled).count(),
         upstreams: plan.upstreams.len(),
-        not_translated: plan
-            .all_notes()
-            .filter(|n| n.starts_with("not translated"))
-            .count(),
+        lossy: warnings.iter().filter(|(_, lossy)| *lossy).count(),
+        warnings: warnings.into_iter().map(|(line, _)| line).collect(),
     }
 }
 
