@@ -70,8 +70,6 @@ enum Refusal {
     Http2WithoutDefault,
     /// No server of the pool could be reached.
     Connect(ConnectError),
-    /// The shutdown drain ended before the connection reached the relay.
-    Shutdown,
 }
 
 /// One client connection's state as it goes through the steps.
@@ -80,7 +78,8 @@ struct Handler<'e> {
     endpoint: &'e Endpoint,
     listener: &'e Listener,
     log: AccessLog<'e>,
-    shutdown: Shutdown,
+    /// What the relay moved; read at the end, also of a relay cut short.
+    moved: relay::Moved,
     /// Set once routed: its connection-duration histogram gets this connection.
     pool: Option<&'e Pool>,
     /// The client's addresses from a PROXY header, when one named them.
@@ -89,22 +88,42 @@ struct Handler<'e> {
     _client_slot: Option<ClientSlot>,
 }
 
-pub async fn handle(client: TcpStream, peer: SocketAddr, endpoint: Endpoint, shutdown: Shutdown) {
+pub async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    endpoint: Endpoint,
+    mut shutdown: Shutdown,
+) {
     let started = Instant::now();
     let mut handler = Handler {
         client,
         listener: &endpoint.config.listeners[endpoint.listener],
         endpoint: &endpoint,
         log: AccessLog::new(peer, endpoint.bind),
-        shutdown,
+        moved: relay::Moved::default(),
         pool: None,
         proxied: None,
         _client_slot: None,
     };
-    let (outcome, log_line) = match handler.serve().await {
-        Ok(outcome) => (outcome, true),
-        Err(refusal) => handler.refuse(refusal).await,
+    // One watch on the shutdown for the whole connection, whatever step it is
+    // in when the drain ends (a watch per step costs a waker registration each).
+    let served = tokio::select! {
+        served = handler.serve() => Some(served),
+        () = shutdown.reached(Phase::Closing) => None,
     };
+    let (outcome, log_line) = match served {
+        Some(Ok(outcome)) => (outcome, true),
+        Some(Err(refusal)) => handler.refuse(refusal).await,
+        None => {
+            if handler.log.server.is_none() {
+                handler.log.reason =
+                    "the shutdown drain ended before the connection was forwarded".to_owned();
+            }
+            (Outcome::Shutdown, true)
+        }
+    };
+    handler.log.bytes_up += handler.moved.up.load(Ordering::Relaxed);
+    handler.log.bytes_down = handler.moved.down.load(Ordering::Relaxed);
     let elapsed = started.elapsed();
     endpoint.stats.closed(outcome);
     if let Some(pool) = handler.pool {
@@ -159,7 +178,7 @@ impl<'e> Handler<'e> {
                     return Err(Refusal::Peek(PeekError::ProxySource));
                 }
                 let header = peek::proxy_header(&mut self.client, max_bytes);
-                let (told, rest) = bounded(deadline, &mut self.shutdown, header).await?;
+                let (told, rest) = within(deadline, header).await?;
                 if let Some(told) = told {
                     // From here on the client is the one the balancer spoke for.
                     self.proxied = Some(told);
@@ -178,7 +197,7 @@ impl<'e> Handler<'e> {
             });
         }
         let head = peek::head(&mut self.client, protocol, read, max_bytes);
-        let head = bounded(deadline, &mut self.shutdown, head).await?;
+        let head = within(deadline, head).await?;
         self.log.host.clone_from(&head.name);
         Ok(head)
     }
@@ -212,13 +231,11 @@ impl<'e> Handler<'e> {
     ) -> Result<Outcome, Refusal> {
         let config = &*self.endpoint.config;
         let pool = &*route.target.pool;
-        let connected = tokio::select! {
-            connected = connect(pool, config.timeouts.connect) => connected,
-            () = self.shutdown.reached(Phase::Closing) => return Err(Refusal::Shutdown),
-        };
         let Connected {
             mut stream, server, ..
-        } = connected.map_err(Refusal::Connect)?;
+        } = connect(pool, config.timeouts.connect)
+            .await
+            .map_err(Refusal::Connect)?;
         self.log.server = Some(server.addr);
         let live = server.live();
 
@@ -249,20 +266,24 @@ impl<'e> Handler<'e> {
             }
         }
         live.bytes_up.fetch_add(replayed, Ordering::Relaxed);
+        self.log.bytes_up = replayed;
         drop((head, first));
 
         let tally = Tally {
             up: &live.bytes_up,
             down: &live.bytes_down,
         };
-        let closing = self.shutdown.reached(Phase::Closing);
-        let totals = relay(&self.client, &stream, config.timeouts.idle, tally, closing).await;
-        self.log.bytes_up = replayed + totals.up;
-        self.log.bytes_down = totals.down;
-        Ok(match totals.end {
+        let end = relay(
+            &self.client,
+            &stream,
+            config.timeouts.idle,
+            &self.moved,
+            tally,
+        )
+        .await;
+        Ok(match end {
             relay::End::Closed => Outcome::Closed,
             relay::End::Idle => Outcome::IdleTimeout,
-            relay::End::Shutdown => Outcome::Shutdown,
             relay::End::Broken(broken) => {
                 self.log.reason = broken.to_string();
                 match broken.side {
@@ -339,27 +360,19 @@ impl<'e> Handler<'e> {
                 self.log.reason = e.last.to_string();
                 (Outcome::ConnectFailed, true)
             }
-            Refusal::Shutdown => {
-                self.log.reason =
-                    "the shutdown drain ended before the connection was forwarded".to_owned();
-                (Outcome::Shutdown, true)
-            }
         }
     }
 }
 
-/// `read` within the peek deadline, given up at the end of the shutdown drain.
-async fn bounded<T>(
+/// `read` within the peek deadline.
+async fn within<T>(
     deadline: tokio::time::Instant,
-    shutdown: &mut Shutdown,
     read: impl std::future::Future<Output = Result<T, PeekError>>,
 ) -> Result<T, Refusal> {
-    tokio::select! {
-        result = tokio::time::timeout_at(deadline, read) => {
-            result.unwrap_or(Err(PeekError::Timeout)).map_err(Refusal::Peek)
-        }
-        () = shutdown.reached(Phase::Closing) => Err(Refusal::Shutdown),
-    }
+    tokio::time::timeout_at(deadline, read)
+        .await
+        .unwrap_or(Err(PeekError::Timeout))
+        .map_err(Refusal::Peek)
 }
 
 /// Writes sniroute's own answer (an alert, a 4xx), then closes so that the

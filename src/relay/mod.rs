@@ -37,8 +37,6 @@ pub enum End {
     /// A read or write failed (reset, broken pipe): on the client side when
     /// `Broken::side` says so, else on the upstream side.
     Broken(Broken),
-    /// Cut at the end of the shutdown drain.
-    Shutdown,
 }
 
 /// The I/O error that ended a relay: which socket, doing what, and what the
@@ -64,14 +62,15 @@ impl std::fmt::Display for Broken {
     }
 }
 
-/// Bytes moved and how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Totals {
+/// The bytes one connection's relay moved, kept by the caller: they stay
+/// readable when the relay is dropped before it ends (cut at the end of the
+/// shutdown drain).
+#[derive(Debug, Default)]
+pub struct Moved {
     /// Client → server, not counting the replayed head.
-    pub up: u64,
+    pub up: AtomicU64,
     /// Server → client.
-    pub down: u64,
-    pub end: End,
+    pub down: AtomicU64,
 }
 
 /// Counters outside the relay that follow its traffic live (a server's totals).
@@ -227,32 +226,32 @@ impl Direction<'_> {
 }
 
 /// Relays between `client` and `upstream` until both directions are closed, an
-/// error occurs, nothing moves for `idle`, or `stop` resolves.
+/// error occurs, or nothing moves for `idle`, counting into `moved` and
+/// `tally` as bytes go. Dropping it cuts the connection short.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     idle: Duration,
+    moved: &Moved,
     tally: Tally<'_>,
-    stop: impl std::future::Future<Output = ()>,
-) -> Totals {
+) -> End {
     let engine = Engine::detect();
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
         one_closed: AtomicBool::new(false),
     };
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let to_upstream = Direction {
         from: client,
         to: upstream,
-        counts: [&up, tally.up],
+        counts: [&moved.up, tally.up],
         activity: &activity,
         from_side: Side::Client,
     };
     let to_client = Direction {
         from: upstream,
         to: client,
-        counts: [&down, tally.down],
+        counts: [&moved.down, tally.down],
         activity: &activity,
         from_side: Side::Upstream,
     };
@@ -266,17 +265,11 @@ pub async fn relay(
             tokio::time::sleep_until(deadline).await;
         }
     };
-    let end = tokio::select! {
+    tokio::select! {
         result = both => match result {
             Ok(_) => End::Closed,
             Err(broken) => End::Broken(broken),
         },
         () = watchdog => End::Idle,
-        () = stop => End::Shutdown,
-    };
-    Totals {
-        up: up.load(Ordering::Relaxed),
-        down: down.load(Ordering::Relaxed),
-        end,
     }
 }
