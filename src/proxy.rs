@@ -108,6 +108,7 @@ pub async fn handle(
     // One watch on the shutdown for the whole connection, whatever step it is
     // in when the drain ends (a watch per step costs a waker registration each).
     let served = tokio::select! {
+        biased;
         served = handler.serve() => Some(served),
         () = shutdown.reached(Phase::Closing) => None,
     };
