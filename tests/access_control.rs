@@ -202,17 +202,24 @@ async fn behind_a_balancer_the_real_client_is_checked() {
          [upstreams.p]\nservers = [\"{}\"]\n",
         up.addr
     ));
+    let up = &up;
     let ask = |client: &'static str| async move {
+        let forwarded_before = up.accepted();
         let mut c = connect_from(listen, Some("127.0.0.2")).await.unwrap();
         let mut bytes = format!("PROXY TCP4 {client} 127.0.0.1 5555 443\r\n").into_bytes();
         bytes.extend_from_slice(CURL_HELLO);
         let _ = c.write_all(&bytes).await;
         let mut got = vec![0u8; 7];
-        match tokio::time::timeout(Duration::from_millis(500), c.read(&mut got)).await {
-            Ok(Ok(n)) => got[..n].to_vec(),
-            Ok(Err(_)) => Vec::new(),
-            // Forwarded: the held upstream says nothing.
-            Err(_) => b"forwarded".to_vec(),
+        // The held upstream never writes: a forwarded client reads nothing,
+        // a refused one reads its answer or the close.
+        tokio::select! {
+            read = c.read(&mut got) => match read {
+                Ok(n) => got[..n].to_vec(),
+                Err(_) => Vec::new(),
+            },
+            () = eventually("forwarded", || up.accepted() > forwarded_before) => {
+                b"forwarded".to_vec()
+            }
         }
     };
     assert_eq!(ask("203.0.113.9").await, b"forwarded");
