@@ -14,7 +14,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 
 use sniroute::name::HostName;
 use sniroute::peek::{self, Parse};
-use sniroute::pool::{Balance, HealthPolicy, Pool, Server};
+use sniroute::pool::spec::{Host, ServerSpec, DNS_REFRESH};
+use sniroute::pool::{Balance, HealthPolicy, PoolSpec, Registry};
 use sniroute::route::RouterBuilder;
 
 #[path = "support/hellos.rs"]
@@ -115,26 +116,27 @@ fn least_conn(c: &mut Criterion) {
                 let addr = format!("127.0.0.2:{}", 10_000 + i)
                     .parse()
                     .expect("valid addr");
-                let weight = 1 + (i % 3) as u32;
-                Server::new(
-                    addr,
-                    Arc::from(format!("s{i}")),
-                    weight,
-                    false,
-                    Arc::default(),
-                )
+                ServerSpec {
+                    host: Host::Addr(addr),
+                    weight: 1 + (i % 3) as u32,
+                    backup: false,
+                    drain: false,
+                    addrs: vec![addr],
+                }
             })
             .collect();
-        let pool = Pool::new(
-            Arc::from("bench"),
-            Balance::LeastConn,
-            HealthPolicy::default(),
+        let pool = Registry::default().pool(PoolSpec {
+            name: Arc::from("bench"),
+            balance: Balance::LeastConn,
+            health: HealthPolicy::default(),
+            check: None,
+            dns_refresh: DNS_REFRESH,
+            proxy_protocol: None,
             servers,
-            Default::default(),
-        );
+        });
         let now = Instant::now();
         let held: Vec<_> = (0..n * 7)
-            .filter_map(|_| pool.next_server(&mut pool.attempts(), now).map(|(_, l)| l))
+            .filter_map(|_| pool.next_server(&mut pool.attempts(), now))
             .collect();
         assert_eq!(held.len(), n * 7);
         group.bench_function(BenchmarkId::from_parameter(n), |b| {
@@ -142,7 +144,7 @@ fn least_conn(c: &mut Criterion) {
                 // What one connection does: fresh attempts, a pick, the lease dropped.
                 let mut attempts = pool.attempts();
                 pool.next_server(&mut attempts, now)
-                    .map(|(s, _lease)| s.addr)
+                    .map(|lease| lease.server().addr)
             })
         });
         drop(held);

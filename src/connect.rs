@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::pool::{Lease, Pool, Server, Transition};
+use crate::pool::{Lease, Pool, Transition};
 
 /// An open upstream connection, with the slot it holds on its server.
-pub struct Connected<'p> {
+pub struct Connected {
     pub stream: TcpStream,
-    pub server: &'p Server,
     pub lease: Lease,
 }
 
@@ -27,11 +26,12 @@ pub struct ConnectError {
     pub last: io::Error,
 }
 
-pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected<'_>, ConnectError> {
+pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected, ConnectError> {
     let mut attempts = pool.attempts();
     let mut tried = 0;
     let mut last = io::Error::other("pool has no servers");
-    while let Some((server, lease)) = pool.next_server(&mut attempts, Instant::now()) {
+    while let Some(lease) = pool.next_server(&mut attempts, Instant::now()) {
+        let server = lease.server();
         tried += 1;
         let result = match tokio::time::timeout(timeout, TcpStream::connect(server.addr)).await {
             Ok(result) => result,
@@ -45,17 +45,13 @@ pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected<'_>, Co
                 pool.record_success(server);
                 // Small writes (TLS handshake records) must not wait for Nagle.
                 stream.set_nodelay(true).ok();
-                return Ok(Connected {
-                    stream,
-                    server,
-                    lease,
-                });
+                return Ok(Connected { stream, lease });
             }
             Err(e) => {
                 // A server already marked down was only tried because nothing
                 // better was left: its failure is expected, and while a whole
                 // pool is down, one warning per client would flood the log.
-                if pool.record_failure(server, Instant::now()) == Transition::StillDown {
+                if pool.record_failure(server, &e, Instant::now()) == Transition::StillDown {
                     tracing::debug!(pool = %pool.name, server = %server.label, error = %e, "connect failed to a server marked down; trying the next server");
                 } else {
                     tracing::warn!(pool = %pool.name, server = %server.label, error = %e, "connect failed; trying the next server");

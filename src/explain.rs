@@ -134,13 +134,14 @@ pub fn explain(
                 );
                 let _ = writeln!(out, "  pool:    {}", describe_pool(&route.target.pool));
                 let now = Instant::now();
-                for s in &route.target.pool.servers {
+                for s in &route.target.pool.members().servers {
                     let _ = writeln!(
                         out,
-                        "  server:  {} weight={}{}{}",
+                        "  server:  {} weight={}{}{}{}",
                         s.label,
                         s.weight,
                         if s.backup { " backup" } else { "" },
+                        if s.drain { " drain" } else { "" },
                         if s.is_up(now) { "" } else { " (down)" },
                     );
                 }
@@ -181,19 +182,30 @@ fn access_note(access: Option<&Access>) -> String {
 }
 
 fn describe_pool(pool: &Pool) -> String {
-    let backups = pool.servers.iter().filter(|s| s.backup).count();
+    let members = pool.members();
+    let backups = members.servers.iter().filter(|s| s.backup).count();
+    let health = pool.health();
+    let probes = pool.spec.check.as_ref().map_or(String::new(), |c| {
+        format!(
+            ", health_check every {} ({})",
+            fmt_duration(c.interval),
+            c.tls_sni
+                .as_ref()
+                .map_or("TCP connect".to_owned(), |sni| format!("TLS, SNI {sni}"))
+        )
+    });
     format!(
-        "{} ({}, {} server(s){}, max_fails={}, fail_timeout={})",
+        "{} ({}, {} server(s){}, max_fails={}, fail_timeout={}{probes})",
         pool.name,
-        pool.balance.as_str(),
-        pool.servers.len() - backups,
+        pool.balance().as_str(),
+        members.servers.len() - backups,
         if backups > 0 {
             format!(" + {backups} backup")
         } else {
             String::new()
         },
-        pool.health.max_fails,
-        fmt_duration(pool.health.fail_timeout),
+        health.max_fails,
+        fmt_duration(health.fail_timeout),
     )
 }
 

@@ -5,10 +5,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use sniroute::pool::Registry;
 use sniroute::{config, explain, import, logging, server};
 
 /// `import-nginx` printed a config, but something that decides who may
@@ -144,7 +146,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         text,
         watch: !cli.no_watch,
     };
-    runtime.block_on(server::run(config, options))?;
+    let registry = Arc::new(Registry::default());
+    runtime.block_on(server::run(config, registry, options))?;
     // Connections still open after the drain are cut here, not awaited.
     runtime.shutdown_background();
     Ok(ExitCode::SUCCESS)

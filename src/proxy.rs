@@ -232,17 +232,16 @@ impl<'e> Handler<'e> {
     ) -> Result<Outcome, Refusal> {
         let config = &*self.endpoint.config;
         let pool = &*route.target.pool;
-        let Connected {
-            mut stream, server, ..
-        } = connect(pool, config.timeouts.connect)
+        let Connected { mut stream, lease } = connect(pool, config.timeouts.connect)
             .await
             .map_err(Refusal::Connect)?;
+        let server = lease.server();
         self.log.server = Some(server.addr);
         let live = server.live();
 
         // The PROXY header (if the pool wants one) and the peeked bytes, in one write.
         let replayed = head.bytes.len() as u64;
-        let first = match pool.proxy_protocol {
+        let first = match pool.proxy_protocol() {
             Some(send) => {
                 // Only now, and only for such pools, ask the kernel where the client
                 // connected to (a getsockname per connection otherwise).

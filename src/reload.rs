@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::config::{self, Config, ConfigError};
 use crate::listener::{BindError, Listeners};
 use crate::metrics::Metrics;
+use crate::pool::Registry;
 use crate::systemd;
 
 /// Why a reload did not happen; the running config stays.
@@ -61,6 +62,7 @@ pub struct Reloader {
     current: Arc<ArcSwap<Config>>,
     listeners: Listeners,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     /// The text of the last file read, good or bad, so that a burst of events for
     /// one edit reloads once.
     last_text: String,
@@ -72,6 +74,7 @@ impl Reloader {
         current: Arc<ArcSwap<Config>>,
         listeners: Listeners,
         metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
         text: String,
     ) -> Reloader {
         Reloader {
@@ -79,6 +82,7 @@ impl Reloader {
             current,
             listeners,
             metrics,
+            registry,
             last_text: text,
         }
     }
@@ -118,10 +122,12 @@ impl Reloader {
         let previous = self.current.load_full();
         let path = self.path.clone();
         let prev = Arc::clone(&previous);
-        let config =
-            tokio::task::spawn_blocking(move || config::parse_with(&text, &path, Some(&prev)))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let registry = Arc::clone(&self.registry);
+        let config = tokio::task::spawn_blocking(move || {
+            config::parse_with(&text, &path, Some(&prev), &registry)
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
@@ -133,7 +139,9 @@ impl Reloader {
             tracing::warn!("[metrics] changes take effect at the next restart");
         }
         let diff = Diff::between(&previous, &config);
-        self.current.store(Arc::new(config));
+        let config = Arc::new(config);
+        self.current.store(Arc::clone(&config));
+        self.registry.commit(&config.pools);
         self.listeners.start(bound);
         self.listeners.stop_removed(&self.current.load());
         Ok(diff)
@@ -295,20 +303,7 @@ fn listeners(c: &Config) -> BTreeMap<String, String> {
 fn pools(c: &Config) -> BTreeMap<String, String> {
     c.pools
         .values()
-        .map(|p| {
-            let servers: Vec<_> = p
-                .servers
-                .iter()
-                .map(|s| (s.addr, s.weight, s.backup))
-                .collect();
-            (
-                p.name.to_string(),
-                format!(
-                    "{:?} {:?} {:?} {servers:?}",
-                    p.balance, p.health, p.proxy_protocol
-                ),
-            )
-        })
+        .map(|p| (p.name.to_string(), format!("{:?}", p.spec)))
         .collect()
 }
 

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::connections::Connections;
 use crate::listener::{self, BindError, Listeners, Shared};
 use crate::metrics::{endpoint, Metrics};
+use crate::pool::Registry;
 use crate::relay::Engine;
 use crate::reload::{Reloader, Trigger, Watcher};
 use crate::shutdown::{self, Phase};
@@ -42,7 +43,11 @@ pub enum ServerError {
 }
 
 /// Serves `config` until SIGTERM/SIGINT and the drain that follows.
-pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
+pub async fn run(
+    config: Config,
+    registry: Arc<Registry>,
+    options: Options,
+) -> Result<(), ServerError> {
     let mut signals = Signals::new().map_err(ServerError::Signals)?;
     let current = Arc::new(ArcSwap::from_pointee(config));
     let connections = Arc::new(Connections::default());
@@ -62,6 +67,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
         tracing::info!(metrics = %addr, "serving GET /metrics");
         tokio::spawn(endpoint::serve(socket, Arc::clone(&metrics), shutdown));
     }
+    registry.commit(&current.load().pools);
     listeners.start(bound);
     if running_as_root() {
         tracing::warn!(
@@ -90,6 +96,7 @@ pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
         Arc::clone(&current),
         listeners,
         metrics,
+        registry,
         options.text,
     );
     let name = loop {

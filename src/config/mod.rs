@@ -28,7 +28,7 @@ use raw::{RawConfig, RawDuration};
 
 use crate::access::Access;
 use crate::peek::Protocol;
-use crate::pool::Pool;
+use crate::pool::{Pool, Registry};
 use crate::route::Router;
 use address::binds_overlap;
 
@@ -137,22 +137,25 @@ pub fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Parses and validates config `text`; `path` is only used in messages.
+/// Parses and validates config `text`; `path` is only used in messages. Its
+/// pools are fresh: for checking and explaining, not for serving.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    parse_with(text, path, None)
+    parse_with(text, path, None, &Registry::default())
 }
 
-/// Like [`parse`], but servers that `previous` has too (same pool name, same
-/// address) keep their live state: active connections and passive health.
+/// Like [`parse`], with the live pools made by `registry` (servers it runs
+/// keep their state) and the route counters of `previous` kept.
 pub fn parse_with(
     text: &str,
     path: &Path,
     previous: Option<&Config>,
+    registry: &Registry,
 ) -> Result<Config, ConfigError> {
     Ctx {
         text,
         path,
         previous,
+        registry,
         resolve: true,
     }
     .parse()
@@ -165,6 +168,7 @@ pub fn parse_offline(text: &str, path: &Path) -> Result<Config, ConfigError> {
         text,
         path,
         previous: None,
+        registry: &Registry::default(),
         resolve: false,
     }
     .parse()
@@ -174,6 +178,7 @@ struct Ctx<'a> {
     text: &'a str,
     path: &'a Path,
     previous: Option<&'a Config>,
+    registry: &'a Registry,
     /// Whether server names may be resolved through the system resolver.
     resolve: bool,
 }
@@ -296,8 +301,8 @@ impl Ctx<'_> {
 
         let mut pools = BTreeMap::new();
         for (name, upstream) in &raw.upstreams {
-            let pool = self.pool(name, upstream)?;
-            pools.insert(Arc::clone(&pool.name), Arc::new(pool));
+            let pool = self.registry.pool(self.pool(name, upstream)?);
+            pools.insert(Arc::clone(&pool.name), pool);
         }
 
         if raw.listeners.is_empty() {

@@ -1,19 +1,19 @@
-//! One `[upstreams.NAME]` entry → [`Pool`]: its servers (names resolved,
-//! every address a server), balance, passive health and PROXY protocol.
-//!
-//! Servers that the previous config had in the same pool keep their live
-//! state, and the pool keeps its duration histogram.
+//! One `[upstreams.NAME]` entry → [`PoolSpec`]: its servers (names resolved,
+//! every address a server), balance, passive and active health, DNS refresh
+//! and PROXY protocol. The registry makes the live pool of it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use toml::Spanned;
 
 use super::address::{nginx_parameters, url};
-use super::raw::{RawBalance, RawProxyProtocol, RawUpstream};
+use super::raw::{RawBalance, RawHealthCheck, RawProxyProtocol, RawUpstream};
 use super::{ConfigError, Ctx};
-use crate::pool::{Balance, HealthPolicy, Pool, Server};
+use crate::pool::spec::{CheckSpec, Host, ServerSpec, DNS_REFRESH};
+use crate::pool::{Balance, HealthPolicy, Pool, PoolSpec};
 use crate::proxy_protocol;
 
 impl Ctx<'_> {
@@ -44,7 +44,7 @@ impl Ctx<'_> {
         &self,
         name: &str,
         upstream: &Spanned<RawUpstream>,
-    ) -> Result<Pool, ConfigError> {
+    ) -> Result<PoolSpec, ConfigError> {
         let u = upstream.get_ref();
         let authority = u.proxy_protocol_authority.as_ref();
         let proxy_protocol = match u.proxy_protocol.as_ref().map(|p| *p.get_ref()) {
@@ -67,10 +67,27 @@ impl Ctx<'_> {
                 HealthPolicy::default().fail_timeout,
             )?,
         };
+        let check = match &u.health_check {
+            Some(raw) => Some(self.check(name, raw)?),
+            None => None,
+        };
+        let dns_refresh = self.duration(
+            &format!("upstreams.{name}.dns_refresh"),
+            u.dns_refresh.as_ref(),
+            DNS_REFRESH,
+        )?;
+        if let Some(d) = &u.dns_refresh {
+            if dns_refresh < Duration::from_secs(1) {
+                return Err(self.at(
+                    d.span(),
+                    format!("upstreams.{name}.dns_refresh must be at least 1s"),
+                ));
+            }
+        }
         if u.servers.is_empty() {
             return Err(self.at(upstream.span(), format!("upstream `{name}` has no servers")));
         }
-        let mut servers: Vec<Server> = Vec::new();
+        let mut servers: Vec<ServerSpec> = Vec::new();
         for entry in &u.servers {
             let s = entry.get_ref();
             if let Some(hint) = nginx_parameters(name, &s.addr).or_else(|| url(&s.addr)) {
@@ -85,30 +102,33 @@ impl Ctx<'_> {
                     ),
                 ));
             }
-            for addr in self.resolve(&s.addr, entry.span())? {
-                if servers.iter().any(|known| known.addr == addr) {
+            let addrs = self.resolve(&s.addr, entry.span())?;
+            for addr in &addrs {
+                if servers.iter().any(|known| known.addrs.contains(addr)) {
                     return Err(self.at(
                         entry.span(),
                         format!("upstream `{name}`: server address {addr} is listed twice"),
                     ));
                 }
-                let label: Arc<str> = match s.addr.parse::<SocketAddr>() {
-                    Ok(_) => Arc::from(s.addr.as_str()),
-                    Err(_) => Arc::from(format!("{} ({addr})", s.addr)),
-                };
-                let state = self
-                    .previous
-                    .and_then(|p| p.pools.get(name))
-                    .and_then(|p| p.servers.iter().find(|known| known.addr == addr))
-                    .map(Server::state);
-                servers.push(Server::new(
-                    addr,
-                    label,
-                    s.weight,
-                    s.backup,
-                    state.unwrap_or_default(),
-                ));
             }
+            let host = match s.addr.parse::<SocketAddr>() {
+                Ok(addr) => Host::Addr(addr),
+                Err(_) => {
+                    // resolve() accepted it, so it ends in `:port`.
+                    let (host, port) = s.addr.rsplit_once(':').unwrap_or((&s.addr, "0"));
+                    Host::Name {
+                        name: Arc::from(host),
+                        port: port.parse().unwrap_or(0),
+                    }
+                }
+            };
+            servers.push(ServerSpec {
+                host,
+                weight: s.weight,
+                backup: s.backup,
+                drain: s.drain,
+                addrs,
+            });
         }
         if servers.iter().all(|s| s.backup) {
             return Err(self.at(
@@ -120,12 +140,81 @@ impl Ctx<'_> {
             None | Some(RawBalance::LeastConn) => Balance::LeastConn,
             Some(RawBalance::RoundRobin) => Balance::RoundRobin,
         };
-        let durations = self
-            .previous
-            .and_then(|p| p.pools.get(name))
-            .map_or_else(Arc::default, |p| Arc::clone(&p.durations));
-        let mut pool = Pool::new(Arc::from(name), balance, health, servers, durations);
-        pool.proxy_protocol = proxy_protocol;
-        Ok(pool)
+        Ok(PoolSpec {
+            name: Arc::from(name),
+            balance,
+            health,
+            check,
+            dns_refresh,
+            proxy_protocol,
+            servers,
+        })
+    }
+
+    fn check(&self, pool: &str, raw: &Spanned<RawHealthCheck>) -> Result<CheckSpec, ConfigError> {
+        let c = raw.get_ref();
+        let key = |k: &str| format!("upstreams.{pool}.health_check.{k}");
+        let defaults = CheckSpec::default();
+        let interval = self.duration(&key("interval"), c.interval.as_ref(), defaults.interval)?;
+        if interval < Duration::from_millis(100) {
+            let span = c.interval.as_ref().map(Spanned::span).unwrap_or_default();
+            return Err(self.at(
+                span,
+                format!(
+                    "{} = {interval:?} is too short: use 100ms or more",
+                    key("interval")
+                ),
+            ));
+        }
+        let timeout = self.duration(
+            &key("timeout"),
+            c.timeout.as_ref(),
+            defaults.timeout.min(interval),
+        )?;
+        let span = c
+            .timeout
+            .as_ref()
+            .map(Spanned::span)
+            .unwrap_or_else(|| raw.span());
+        if timeout < Duration::from_millis(10) {
+            return Err(self.at(
+                span,
+                format!(
+                    "{} = {timeout:?} is too short: use 10ms or more",
+                    key("timeout")
+                ),
+            ));
+        }
+        if timeout > interval {
+            return Err(self.at(span, format!("{} = {timeout:?} is longer than interval = {interval:?}: a probe must end before the next one starts", key("timeout"))));
+        }
+        let count = |k: &str, v: &Option<Spanned<u32>>, default: u32| match v {
+            Some(v) if *v.get_ref() == 0 => {
+                Err(self.at(v.span(), format!("{} must be 1 or more", key(k))))
+            }
+            Some(v) => Ok(*v.get_ref()),
+            None => Ok(default),
+        };
+        let tls_sni = match &c.tls_sni {
+            Some(sni) => {
+                if rustls::pki_types::ServerName::try_from(sni.get_ref().as_str()).is_err()
+                    || sni.get_ref().parse::<std::net::IpAddr>().is_ok()
+                {
+                    return Err(self.at(
+                        sni.span(),
+                        format!("{} = `{}` is not a DNS name", key("tls_sni"), sni.get_ref()),
+                    ));
+                }
+                Some(Arc::from(sni.get_ref().as_str()))
+            }
+            None => None,
+        };
+        Ok(CheckSpec {
+            interval,
+            timeout,
+            fall: count("fall", &c.fall, defaults.fall)?,
+            rise: count("rise", &c.rise, defaults.rise)?,
+            tls_sni,
+        })
     }
 }

@@ -186,6 +186,19 @@ pub struct RawUpstream {
     pub fail_timeout: Option<Spanned<RawDuration>>,
     pub proxy_protocol: Option<Spanned<RawProxyProtocol>>,
     pub proxy_protocol_authority: Option<Spanned<bool>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    pub dns_refresh: Option<Spanned<RawDuration>>,
+}
+
+/// `[upstreams.NAME.health_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub interval: Option<Spanned<RawDuration>>,
+    pub timeout: Option<Spanned<RawDuration>>,
+    pub fall: Option<Spanned<u32>>,
+    pub rise: Option<Spanned<u32>>,
+    pub tls_sni: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -310,6 +323,7 @@ pub struct RawServer {
     pub addr: String,
     pub weight: u32,
     pub backup: bool,
+    pub drain: bool,
 }
 
 fn one() -> u32 {
@@ -322,13 +336,14 @@ impl<'de> Deserialize<'de> for RawServer {
         impl<'de> Visitor<'de> for ServerVisitor {
             type Value = RawServer;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N, backup = true }")
+                f.write_str("\"host:port\" or { addr = \"host:port\", weight = N, backup = true, drain = true }")
             }
             fn visit_str<E: de::Error>(self, addr: &str) -> Result<RawServer, E> {
                 Ok(RawServer {
                     addr: addr.to_owned(),
                     weight: 1,
                     backup: false,
+                    drain: false,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawServer, A::Error> {
@@ -340,12 +355,15 @@ impl<'de> Deserialize<'de> for RawServer {
                     weight: u32,
                     #[serde(default)]
                     backup: bool,
+                    #[serde(default)]
+                    drain: bool,
                 }
                 let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
                 Ok(RawServer {
                     addr: t.addr,
                     weight: t.weight,
                     backup: t.backup,
+                    drain: t.drain,
                 })
             }
         }

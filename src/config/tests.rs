@@ -47,14 +47,15 @@ fn defaults_are_those_of_the_spec() {
     );
     let web = &c.pools["web"];
     assert_eq!(
-        web.health,
+        web.health(),
         HealthPolicy {
             max_fails: 1,
             fail_timeout: Duration::from_secs(10)
         }
     );
-    assert_eq!(web.balance, Balance::LeastConn);
+    assert_eq!(web.balance(), Balance::LeastConn);
     let servers: Vec<_> = web
+        .members()
         .servers
         .iter()
         .map(|s| (s.addr.to_string(), s.weight, s.backup))
@@ -124,13 +125,13 @@ servers = ["192.168.0.1:80"]
         Some(50)
     );
     assert_eq!(
-        c.pools["rancher_https"].health,
+        c.pools["rancher_https"].health(),
         HealthPolicy {
             max_fails: 3,
             fail_timeout: Duration::from_secs(5)
         }
     );
-    assert_eq!(c.pools["apps_https"].balance, Balance::RoundRobin);
+    assert_eq!(c.pools["apps_https"].balance(), Balance::RoundRobin);
     assert_eq!(c.listeners[0].router.counts(), (1, 1, 1));
 }
 
@@ -257,7 +258,7 @@ fn no_listener_or_listener_without_routes_is_invalid() {
 fn proxy_protocol_towards_servers() {
     use crate::proxy_protocol::Send;
     let pool = |extra: &str| {
-        load_str(&format!("{MINIMAL}{extra}\n")).map(|c| c.pools["web"].proxy_protocol)
+        load_str(&format!("{MINIMAL}{extra}\n")).map(|c| c.pools["web"].proxy_protocol())
     };
     assert_eq!(pool(""), Ok(None));
     assert_eq!(pool("proxy_protocol = \"off\""), Ok(None));
@@ -329,7 +330,7 @@ fn proxy_protocol_from_balancers_in_front() {
 fn dns_names_are_resolved_at_load() {
     let text = MINIMAL.replace("\"127.0.0.2:443\"", "\"localhost:443\"");
     let c = load_str(&text).unwrap();
-    let s = &c.pools["web"].servers[0];
+    let s = &c.pools["web"].members().servers[0];
     assert!(s.addr.ip().is_loopback());
     assert!(s.label.starts_with("localhost:443 ("), "{}", s.label);
 }
@@ -352,40 +353,66 @@ fn routes_keep_file_order_for_regexes() {
 
 #[test]
 fn live_state_carries_over_for_servers_that_stay_in_their_pool() {
-    let old = load_str(MINIMAL).unwrap();
+    let registry = Registry::default();
+    let now = std::time::Instant::now();
+    let old = parse_with(MINIMAL, Path::new("t.toml"), None, &registry).unwrap();
+    registry.commit(&old.pools);
     let pool = &old.pools["web"];
     let mut attempts = pool.attempts();
-    let (first, lease) = pool
-        .next_server(&mut attempts, std::time::Instant::now())
-        .unwrap();
-    assert_eq!(first.addr.to_string(), "127.0.0.3:443"); // weight 2 goes first
-    pool.record_failure(&pool.servers[0], std::time::Instant::now());
+    let lease = pool.next_server(&mut attempts, now).unwrap();
+    assert_eq!(lease.server().addr.to_string(), "127.0.0.3:443"); // weight 2 goes first
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    pool.record_failure(&pool.members().servers[0], &refused, now);
 
     // Same pool, one server dropped, weights changed, plus a renamed copy of the pool.
     let text = MINIMAL
         .replace("\"127.0.0.2:443\", ", "")
         .replace("weight = 2", "weight = 5")
         + "[upstreams.web2]\nservers = [\"127.0.0.3:443\"]\n";
-    let new = parse_with(&text, Path::new("t.toml"), Some(&old)).unwrap();
-    let web = &new.pools["web"];
+    let new = parse_with(&text, Path::new("t.toml"), Some(&old), &registry).unwrap();
+    let web = new.pools["web"].members();
     assert_eq!(web.servers[0].addr.to_string(), "127.0.0.3:443");
     assert_eq!(web.servers[0].weight, 5);
     assert_eq!(web.servers[0].active(), 1, "active count survives");
     assert_eq!(
-        new.pools["web2"].servers[0].active(),
+        new.pools["web2"].members().servers[0].active(),
         0,
         "another pool's server is another server"
     );
 
-    let text = MINIMAL.to_owned();
-    let newer = parse_with(&text, Path::new("t.toml"), Some(&old)).unwrap();
+    let newer = parse_with(MINIMAL, Path::new("t.toml"), Some(&old), &registry).unwrap();
     assert!(
-        !newer.pools["web"].servers[0].is_up(std::time::Instant::now()),
+        !newer.pools["web"].members().servers[0].is_up(now),
         "health survives"
     );
     drop(lease);
     assert_eq!(web.servers[0].active(), 0);
-    assert_eq!(newer.pools["web"].servers[1].active(), 0);
+    assert_eq!(newer.pools["web"].members().servers[1].active(), 0);
+}
+
+#[test]
+fn a_server_a_reload_removes_is_listed_as_leaving_while_it_has_connections() {
+    let registry = Registry::default();
+    let old = parse_with(MINIMAL, Path::new("t.toml"), None, &registry).unwrap();
+    registry.commit(&old.pools);
+    let pool = &old.pools["web"];
+    let lease = pool
+        .next_server(&mut pool.attempts(), std::time::Instant::now())
+        .unwrap();
+    assert_eq!(lease.server().addr.to_string(), "127.0.0.3:443");
+    let text = MINIMAL.replace("{ addr = \"127.0.0.3:443\", weight = 2 }, ", "");
+    let new = parse_with(&text, Path::new("t.toml"), Some(&old), &registry).unwrap();
+    let members = new.pools["web"].members();
+    assert!(members
+        .servers
+        .iter()
+        .all(|s| s.addr != lease.server().addr));
+    assert_eq!(members.leaving.len(), 1);
+    assert_eq!(members.leaving[0].active(), 1);
+    drop(lease);
+    registry.commit(&new.pools);
+    let newer = parse_with(&text, Path::new("t.toml"), Some(&new), &registry).unwrap();
+    assert!(newer.pools["web"].members().leaving.is_empty());
 }
 
 #[test]

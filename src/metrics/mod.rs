@@ -254,16 +254,24 @@ impl Collector for Metrics {
         )?;
 
         let now = Instant::now();
-        let servers: Vec<(Labels, &crate::pool::Server)> = config
+        // Servers leaving the pool (gone from DNS or the config, connections
+        // still open) are listed until those end.
+        let servers: Vec<(Labels, Arc<crate::pool::Server>)> = config
             .pools
             .values()
             .flat_map(|p| {
-                p.servers.iter().map(|s| {
-                    (
-                        vec![("pool", p.name.to_string()), ("server", s.addr.to_string())],
-                        s,
-                    )
-                })
+                let members = p.members();
+                members
+                    .servers
+                    .iter()
+                    .chain(&members.leaving)
+                    .map(|s| {
+                        (
+                            vec![("pool", p.name.to_string()), ("server", s.addr.to_string())],
+                            Arc::clone(s),
+                        )
+                    })
+                    .collect::<Vec<_>>()
             })
             .collect();
         let per_server =
@@ -283,7 +291,7 @@ impl Collector for Metrics {
         per_server(
             &mut enc,
             "sniroute_server_up",
-            "1 if passive health has the server up, 0 while it is marked down.",
+            "1 if the server is up, 0 while max_fails or health checks have it down.",
             MetricType::Gauge,
             &|s| Sample::Gauge(i64::from(s.is_up(now))),
         )?;
@@ -320,6 +328,41 @@ impl Collector for Metrics {
                     labels.push(("direction", direction.to_owned()));
                     (labels, Sample::Counter(v))
                 })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "sniroute_health_checks",
+            "Active health checks of the server, by result (ok, fail).",
+            MetricType::Counter,
+            servers.iter().flat_map(|(l, s)| {
+                let c = s.live().counters();
+                [("ok", c.checks_ok), ("fail", c.checks_failed)].map(|(result, v)| {
+                    let mut labels = l.clone();
+                    labels.push(("result", result.to_owned()));
+                    (labels, Sample::Counter(v))
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "sniroute_server_certificate_not_after_seconds",
+            "When the server's TLS certificate expires (Unix time), as its last TLS health check saw it.",
+            MetricType::Gauge,
+            servers
+                .iter()
+                .filter_map(|(l, s)| Some((l.clone(), Sample::Gauge(s.live().cert_not_after()?)))),
+        )?;
+        family(
+            &mut enc,
+            "sniroute_dns_lookup_failures",
+            "Lookups of the pool's server names that failed (the last good addresses stayed).",
+            MetricType::Counter,
+            config.pools.values().map(|p| {
+                (
+                    one("pool", p.name.to_string()),
+                    Sample::Counter(p.dns_failures.load(Ordering::Relaxed)),
+                )
             }),
         )?;
         family(

@@ -1,4 +1,5 @@
-//! Passive health, with nginx's `max_fails` / `fail_timeout` semantics.
+//! Server health: passive, with nginx's `max_fails` / `fail_timeout`
+//! semantics, and active, from probes ([`ProbeHealth`]).
 //!
 //! `max_fails` failed connects within `fail_timeout` mark a server down for
 //! `fail_timeout`. When that time has passed the server is tried again; one more
@@ -6,12 +7,19 @@
 //! success), one success clears everything. `max_fails = 0` never marks down.
 //! Time is always passed in, so tests drive the clock by hand.
 //!
+//! When `fail_timeout` has passed, one client at a time gets to try the server
+//! again, as in nginx: the first to [`claim_retry`](SharedHealth::claim_retry)
+//! pushes the down period out by another `fail_timeout`, so concurrent clients
+//! keep going to servers known to be up instead of all waiting on a connect
+//! that may time out. Its success clears the record; its failure marks the
+//! server down again.
+//!
 //! [`SharedHealth`] is what connections share: every pick asks each candidate
 //! whether it is up, and every successful connect reports back. Those two read
 //! atomics only; the lock is taken on a failed connect, and by a success only
 //! when there is a failure on record to clear.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -134,6 +142,34 @@ impl SharedHealth {
         transition
     }
 
+    /// Whether the server was marked down and its `fail_timeout` is over: the
+    /// next client may try it, once [`claim_retry`](Self::claim_retry) says so.
+    pub fn retry_due(&self, now: Instant) -> bool {
+        let until = self.down_until.load(Ordering::Acquire);
+        until != 0 && self.nanos(now) >= until
+    }
+
+    /// Takes the one trial a down server gets after `fail_timeout`: true for
+    /// the first caller, which must then report its connect's result; the down
+    /// period is extended by `fail_timeout` so that others do not follow.
+    pub fn claim_retry(&self, policy: HealthPolicy, now: Instant) -> bool {
+        let mut state = self.lock();
+        match state.down_until {
+            Some(until) if now >= until => {
+                state.down_until = Some(now + policy.fail_timeout);
+                self.publish(&state);
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
+    /// When the server is marked down until, if it is.
+    pub fn down_until(&self) -> Option<Instant> {
+        self.lock().down_until
+    }
+
     /// Returns whether the server was down. Lock-free when nothing failed.
     pub fn record_success(&self) -> bool {
         if self.clean.load(Ordering::Acquire) {
@@ -159,6 +195,44 @@ impl SharedHealth {
     fn lock(&self) -> MutexGuard<'_, Health> {
         // Health holds no invariant a panic elsewhere could break: keep using it.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What active probes say of a server: up until `fall` probes in a row fail,
+/// then down until `rise` in a row succeed. Only the pool's probe task writes it.
+#[derive(Debug, Default)]
+pub struct ProbeHealth {
+    down: AtomicBool,
+    good: AtomicU32,
+    bad: AtomicU32,
+}
+
+impl ProbeHealth {
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
+    }
+
+    /// Records one probe's result; returns the new state when it changed
+    /// (`Some(true)`: up again, `Some(false)`: down).
+    pub fn record(&self, ok: bool, rise: u32, fall: u32) -> Option<bool> {
+        let (streak, other) = match ok {
+            true => (&self.good, &self.bad),
+            false => (&self.bad, &self.good),
+        };
+        other.store(0, Ordering::Relaxed);
+        let n = streak.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+        let down = self.is_down();
+        match ok {
+            true if down && n >= rise => {
+                self.down.store(false, Ordering::Release);
+                Some(true)
+            }
+            false if !down && n >= fall => {
+                self.down.store(true, Ordering::Release);
+                Some(false)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -303,5 +377,43 @@ mod tests {
         );
         assert!(!h.is_up(at(t0, 9_999)));
         assert!(h.is_up(at(t0, 10_000)));
+    }
+
+    #[test]
+    fn after_fail_timeout_one_client_gets_the_retry() {
+        let shared = SharedHealth::default();
+        let t0 = shared.epoch;
+        for i in 0..3 {
+            shared.record_failure(POLICY, at(t0, i));
+        }
+        assert!(!shared.retry_due(at(t0, 4000)));
+        assert!(!shared.claim_retry(POLICY, at(t0, 4000)));
+        assert!(shared.retry_due(at(t0, 5002)));
+        assert!(shared.claim_retry(POLICY, at(t0, 5002)));
+        // The next clients see it down again, for another fail_timeout.
+        assert!(!shared.is_up(at(t0, 5003)));
+        assert!(!shared.claim_retry(POLICY, at(t0, 5003)));
+        assert!(shared.is_up(at(t0, 10_002)));
+        // A success clears it all; an up server needs no claim.
+        assert!(shared.record_success());
+        assert!(!shared.retry_due(at(t0, 10_003)));
+        assert!(shared.claim_retry(POLICY, at(t0, 10_003)));
+    }
+
+    #[test]
+    fn probes_take_down_after_fall_and_up_after_rise() {
+        let p = ProbeHealth::default();
+        assert!(!p.is_down(), "servers start up");
+        assert_eq!(p.record(false, 2, 3), None);
+        assert_eq!(p.record(false, 2, 3), None);
+        assert_eq!(p.record(true, 2, 3), None, "a good probe breaks the streak");
+        assert_eq!(p.record(false, 2, 3), None);
+        assert_eq!(p.record(false, 2, 3), None);
+        assert_eq!(p.record(false, 2, 3), Some(false));
+        assert!(p.is_down());
+        assert_eq!(p.record(false, 2, 3), None);
+        assert_eq!(p.record(true, 2, 3), None);
+        assert_eq!(p.record(true, 2, 3), Some(true));
+        assert!(!p.is_down());
     }
 }

@@ -1,41 +1,57 @@
 //! Upstream pools: servers, their live state, and which one a client gets next.
 //!
-//! A [`Pool`] is immutable configuration plus, per server, a shared
-//! [`ServerState`] (active connections, passive health, traffic counters). The
-//! state sits behind an `Arc` of its own so that it can outlive one config
-//! generation: a reload hands it to the same server in the new config, and the
-//! metrics read it at scrape time. Active counts are only ever changed by a
+//! A [`Pool`] is built by the [`Registry`] from a [`PoolSpec`]: the config's
+//! settings plus its current [`Members`], the servers that may take new
+//! connections (and those leaving, which finish what they have). Members sit
+//! behind an `ArcSwap` because DNS refresh changes them while the config stays;
+//! a client works on the snapshot it started with. Each [`Server`] carries a
+//! shared [`ServerState`] (active connections, health, counters, probe results)
+//! that outlives config generations: the registry hands it to the same
+//! (pool, address) in every new one. Active counts are only ever changed by a
 //! [`Lease`]: taken when a server is picked, given back on drop, so no early
 //! return can leak a count.
 
 pub mod balance;
+mod dns;
 pub mod health;
+pub mod probe;
+pub mod registry;
+pub mod spec;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 pub use balance::Balance;
 
 use crate::histogram::Durations;
 use crate::proxy_protocol;
 use crate::throttle::Throttle;
 pub use health::HealthPolicy;
-use health::SharedHealth;
 pub use health::Transition;
+use health::{ProbeHealth, SharedHealth};
+pub use registry::Registry;
+pub use spec::PoolSpec;
 
 /// Live, per-server state shared by every connection to it.
 #[derive(Debug, Default)]
 pub struct ServerState {
     active: AtomicU64,
     health: SharedHealth,
+    probe: ProbeHealth,
     connect_attempts: AtomicU64,
     connect_failures: AtomicU64,
     /// Client → server bytes, the replayed head included.
     pub bytes_up: AtomicU64,
     /// Server → client bytes.
     pub bytes_down: AtomicU64,
+    checks_ok: AtomicU64,
+    checks_failed: AtomicU64,
+    /// The leaf certificate's notAfter (Unix seconds) from the last TLS probe; 0: none.
+    cert_not_after: AtomicI64,
+    last_error: Mutex<Option<LastError>>,
 }
 
 /// A snapshot of a server's counters, for the metrics.
@@ -46,6 +62,31 @@ pub struct Counters {
     pub connect_failures: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
+    pub checks_ok: u64,
+    pub checks_failed: u64,
+}
+
+/// The last thing that went wrong with a server, for the status page.
+#[derive(Debug, Clone)]
+pub struct LastError {
+    pub at: SystemTime,
+    /// `connect` or `probe`.
+    pub during: &'static str,
+    pub error: String,
+}
+
+/// Why a server takes no new connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Up,
+    /// `max_fails` failed connects; tried again after this instant.
+    Failed {
+        until: Instant,
+    },
+    /// `fall` failed probes in a row.
+    ProbeDown,
+    /// `drain = true`.
+    Draining,
 }
 
 impl ServerState {
@@ -56,40 +97,51 @@ impl ServerState {
             connect_failures: self.connect_failures.load(Ordering::Relaxed),
             bytes_up: self.bytes_up.load(Ordering::Relaxed),
             bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            checks_ok: self.checks_ok.load(Ordering::Relaxed),
+            checks_failed: self.checks_failed.load(Ordering::Relaxed),
         }
+    }
+
+    /// The certificate's notAfter, as Unix seconds, once a TLS probe saw one.
+    pub fn cert_not_after(&self) -> Option<i64> {
+        match self.cert_not_after.load(Ordering::Relaxed) {
+            0 => None,
+            t => Some(t),
+        }
+    }
+
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_last_error(&self, during: &'static str, error: String) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(LastError {
+            at: SystemTime::now(),
+            during,
+            error,
+        });
     }
 }
 
-/// One configured server of a pool.
+/// One server of a pool: one address, with how the config wants it used.
 #[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
-    /// How the operator wrote it (`node1.lan:443`), for logs.
+    /// How the operator wrote it (`node1.lan:443 (10.0.0.1:443)`), for logs.
     pub label: Arc<str>,
     pub weight: u32,
     pub backup: bool,
+    pub drain: bool,
     state: Arc<ServerState>,
 }
 
 impl Server {
-    /// `state` is fresh (`Arc::default()`) for a new server, or the state of the
-    /// same server in the previous config generation.
-    pub fn new(
-        addr: SocketAddr,
-        label: Arc<str>,
-        weight: u32,
-        backup: bool,
-        state: Arc<ServerState>,
-    ) -> Server {
-        Server {
-            addr,
-            label,
-            weight,
-            backup,
-            state,
-        }
-    }
-
     /// The live state, shared with every config generation that has this server.
     pub fn state(&self) -> Arc<ServerState> {
         Arc::clone(&self.state)
@@ -99,8 +151,24 @@ impl Server {
         self.state.active.load(Ordering::Relaxed)
     }
 
+    /// Whether neither probes nor `max_fails` have the server down at `now`
+    /// (a drained server is up, it just takes nothing new).
     pub fn is_up(&self, now: Instant) -> bool {
-        self.state.health.is_up(now)
+        !self.state.probe.is_down() && self.state.health.is_up(now)
+    }
+
+    /// Why it takes no new connections, or `Up`.
+    pub fn condition(&self, now: Instant) -> State {
+        if self.drain {
+            State::Draining
+        } else if self.state.probe.is_down() {
+            State::ProbeDown
+        } else {
+            match self.state.health.down_until() {
+                Some(until) if now < until => State::Failed { until },
+                _ => State::Up,
+            }
+        }
     }
 
     /// The live state (counters, health), shared across config generations.
@@ -109,66 +177,98 @@ impl Server {
     }
 }
 
+/// The servers of a pool at one moment.
+#[derive(Debug)]
+pub struct Members {
+    /// The servers new connections may go to (drained ones included, skipped).
+    pub servers: Vec<Arc<Server>>,
+    /// Addresses a DNS refresh dropped that still have open connections.
+    pub leaving: Vec<Arc<Server>>,
+    /// Smooth weighted round-robin scores, one per server.
+    scores: Box<[AtomicI64]>,
+}
+
+impl Members {
+    fn new(servers: Vec<Arc<Server>>, leaving: Vec<Arc<Server>>) -> Members {
+        let scores = balance::scores(servers.len());
+        Members {
+            servers,
+            leaving,
+            scores,
+        }
+    }
+
+    /// Every server with this address, staying or leaving.
+    fn find(&self, addr: SocketAddr) -> Option<&Arc<Server>> {
+        self.servers
+            .iter()
+            .chain(&self.leaving)
+            .find(|s| s.addr == addr)
+    }
+}
+
 /// An upstream pool.
 #[derive(Debug)]
 pub struct Pool {
     pub name: Arc<str>,
-    pub balance: Balance,
-    pub health: HealthPolicy,
-    pub servers: Vec<Server>,
+    pub spec: PoolSpec,
+    members: ArcSwap<Members>,
     /// How long connections through this pool lasted; kept across reloads.
     pub durations: Arc<Durations>,
-    /// The PROXY protocol header its servers expect, if any.
-    pub proxy_protocol: Option<proxy_protocol::Send>,
-    /// Smooth weighted round-robin scores, one per server.
-    scores: Box<[AtomicI64]>,
     /// The error that no server of the pool could be reached, one per client.
     pub unreachable: Throttle,
+    /// DNS lookups that failed (the last good addresses stayed).
+    pub dns_failures: AtomicU64,
 }
 
 /// Holds one active-connection slot on a server; released on drop.
 #[derive(Debug)]
 pub struct Lease {
-    state: Arc<ServerState>,
+    server: Arc<Server>,
+}
+
+impl Lease {
+    pub fn server(&self) -> &Arc<Server> {
+        &self.server
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.state.active.fetch_sub(1, Ordering::Relaxed);
+        self.server.state.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// The servers one client has already tried, so each is tried at most once.
+/// One client's walk through the pool: the members it started with and the
+/// servers it has tried, so each is tried at most once.
 #[derive(Debug)]
 pub struct Attempts {
+    members: Arc<Members>,
     tried: Vec<bool>,
 }
 
 impl Pool {
-    pub fn new(
-        name: Arc<str>,
-        balance: Balance,
-        health: HealthPolicy,
-        servers: Vec<Server>,
-        durations: Arc<Durations>,
-    ) -> Pool {
-        let scores = balance::scores(servers.len());
-        Pool {
-            name,
-            balance,
-            health,
-            servers,
-            durations,
-            proxy_protocol: None,
-            scores,
-            unreachable: Throttle::default(),
-        }
+    pub fn balance(&self) -> Balance {
+        self.spec.balance
+    }
+
+    pub fn health(&self) -> HealthPolicy {
+        self.spec.health
+    }
+
+    pub fn proxy_protocol(&self) -> Option<proxy_protocol::Send> {
+        self.spec.proxy_protocol
+    }
+
+    /// The servers now.
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
     }
 
     pub fn attempts(&self) -> Attempts {
-        Attempts {
-            tried: vec![false; self.servers.len()],
-        }
+        let members = self.members.load_full();
+        let tried = vec![false; members.servers.len()];
+        Attempts { members, tried }
     }
 
     /// The next server for a client, or `None` once every server was tried.
@@ -176,62 +276,81 @@ impl Pool {
     /// Tiers, first non-empty wins: primaries that are up, backups that are up,
     /// primaries that are down, backups that are down. A server marked down is
     /// still tried when nothing better is left, so a whole pool marked down after
-    /// an outage recovers on the first client instead of failing it.
-    pub fn next_server(&self, attempts: &mut Attempts, now: Instant) -> Option<(&Server, Lease)> {
+    /// an outage recovers on the first client instead of failing it. Drained
+    /// servers are never picked. A server whose `fail_timeout` is over counts as
+    /// up for the one client that claims its retry, as down for the others.
+    pub fn next_server(&self, attempts: &mut Attempts, now: Instant) -> Option<Lease> {
         const TIERS: [(bool, bool); 4] =
             [(false, true), (true, true), (false, false), (true, false)];
-        let mut candidates = Vec::with_capacity(self.servers.len());
-        for (backup, up) in TIERS {
-            candidates.clear();
-            candidates.extend(
-                self.servers
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, s)| {
-                        !attempts.tried[*i] && s.backup == backup && s.is_up(now) == up
-                    })
-                    .map(|(index, s)| balance::Candidate {
-                        index,
-                        active: s.active(),
-                        weight: s.weight,
-                    }),
-            );
-            if candidates.is_empty() {
-                continue;
-            }
-            if let Some(index) = balance::pick(self.balance, &mut candidates, &self.scores) {
+        let members = Arc::clone(&attempts.members);
+        let mut candidates = Vec::with_capacity(members.servers.len());
+        // Each lost retry claim makes that server "down", so this ends.
+        'pick: loop {
+            for (backup, up) in TIERS {
+                candidates.clear();
+                candidates.extend(
+                    members
+                        .servers
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, s)| {
+                            !attempts.tried[*i]
+                                && !s.drain
+                                && s.backup == backup
+                                && s.is_up(now) == up
+                        })
+                        .map(|(index, s)| balance::Candidate {
+                            index,
+                            active: s.active(),
+                            weight: s.weight,
+                        }),
+                );
+                let Some(index) = balance::pick(self.balance(), &mut candidates, &members.scores)
+                else {
+                    continue;
+                };
+                let server = &members.servers[index];
+                if up
+                    && server.state.health.retry_due(now)
+                    && !server.state.health.claim_retry(self.health(), now)
+                {
+                    continue 'pick;
+                }
                 attempts.tried[index] = true;
-                let server = &self.servers[index];
                 server.state.active.fetch_add(1, Ordering::Relaxed);
                 server
                     .state
                     .connect_attempts
                     .fetch_add(1, Ordering::Relaxed);
-                return Some((
-                    server,
-                    Lease {
-                        state: Arc::clone(&server.state),
-                    },
-                ));
+                return Some(Lease {
+                    server: Arc::clone(server),
+                });
             }
+            return None;
         }
-        None
     }
 
     /// Records a failed connect; logs when it marks the server down.
-    pub fn record_failure(&self, server: &Server, now: Instant) -> Transition {
+    pub fn record_failure(
+        &self,
+        server: &Server,
+        error: &std::io::Error,
+        now: Instant,
+    ) -> Transition {
         server
             .state
             .connect_failures
             .fetch_add(1, Ordering::Relaxed);
-        let transition = server.state.health.record_failure(self.health, now);
+        server.state.set_last_error("connect", error.to_string());
+        let policy = self.health();
+        let transition = server.state.health.record_failure(policy, now);
         if transition == Transition::MarkedDown {
             tracing::warn!(
                 pool = %self.name,
                 server = %server.label,
-                fail_timeout = %humantime::format_duration(self.health.fail_timeout),
+                fail_timeout = %humantime::format_duration(policy.fail_timeout),
                 "server marked down after {} failed connect(s); retried after fail_timeout",
-                self.health.max_fails,
+                policy.max_fails,
             );
         }
         transition
@@ -246,47 +365,64 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
+    use super::spec::{Host, ServerSpec};
     use super::*;
     use std::time::Duration;
 
-    fn pool(servers: &[(&str, u32, bool)], max_fails: u32) -> Pool {
+    /// (address, weight, backup, drain)
+    fn pool(servers: &[(&str, u32, bool, bool)], max_fails: u32) -> Arc<Pool> {
         let servers = servers
             .iter()
-            .map(|&(addr, weight, backup)| {
-                Server::new(
-                    addr.parse().unwrap(),
-                    Arc::from(addr),
+            .map(|&(addr, weight, backup, drain)| {
+                let addr: SocketAddr = addr.parse().unwrap();
+                ServerSpec {
+                    host: Host::Addr(addr),
                     weight,
                     backup,
-                    Arc::default(),
-                )
+                    drain,
+                    addrs: vec![addr],
+                }
             })
             .collect();
-        let health = HealthPolicy {
-            max_fails,
-            fail_timeout: Duration::from_secs(5),
-        };
-        Pool::new(
-            Arc::from("p"),
-            Balance::LeastConn,
-            health,
+        Registry::default().pool(PoolSpec {
+            name: Arc::from("p"),
+            balance: Balance::LeastConn,
+            health: HealthPolicy {
+                max_fails,
+                fail_timeout: Duration::from_secs(5),
+            },
+            check: None,
+            dns_refresh: spec::DNS_REFRESH,
+            proxy_protocol: None,
             servers,
-            Arc::default(),
-        )
+        })
     }
 
     fn order(pool: &Pool, now: Instant) -> Vec<SocketAddr> {
         let mut attempts = pool.attempts();
-        std::iter::from_fn(|| pool.next_server(&mut attempts, now).map(|(s, _)| s.addr)).collect()
+        std::iter::from_fn(|| {
+            pool.next_server(&mut attempts, now)
+                .map(|l| l.server().addr)
+        })
+        .collect()
+    }
+
+    fn fail(pool: &Pool, server: &Server, now: Instant) -> Transition {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        pool.record_failure(server, &refused, now)
+    }
+
+    fn server(pool: &Pool, i: usize) -> Arc<Server> {
+        Arc::clone(&pool.members().servers[i])
     }
 
     #[test]
     fn every_server_at_most_once_per_client_backups_last() {
         let p = pool(
             &[
-                ("127.0.0.2:1", 1, false),
-                ("127.0.0.9:1", 1, true),
-                ("127.0.0.3:1", 1, false),
+                ("127.0.0.2:1", 1, false, false),
+                ("127.0.0.9:1", 1, true, false),
+                ("127.0.0.3:1", 1, false, false),
             ],
             1,
         );
@@ -297,10 +433,16 @@ mod tests {
 
     #[test]
     fn backup_only_when_no_primary_is_up() {
-        let p = pool(&[("127.0.0.2:1", 1, false), ("127.0.0.9:1", 1, true)], 1);
+        let p = pool(
+            &[
+                ("127.0.0.2:1", 1, false, false),
+                ("127.0.0.9:1", 1, true, false),
+            ],
+            1,
+        );
         let now = Instant::now();
         assert_eq!(order(&p, now)[0], "127.0.0.2:1".parse().unwrap());
-        p.record_failure(&p.servers[0], now);
+        fail(&p, &server(&p, 0), now);
         assert_eq!(
             order(&p, now),
             [
@@ -317,36 +459,125 @@ mod tests {
 
     #[test]
     fn down_servers_are_still_tried_when_all_are_down() {
-        let p = pool(&[("127.0.0.2:1", 1, false), ("127.0.0.3:1", 1, false)], 1);
+        let p = pool(
+            &[
+                ("127.0.0.2:1", 1, false, false),
+                ("127.0.0.3:1", 1, false, false),
+            ],
+            1,
+        );
         let now = Instant::now();
-        for s in &p.servers {
-            p.record_failure(s, now);
+        for s in &p.members().servers {
+            fail(&p, s, now);
         }
         assert_eq!(order(&p, now).len(), 2);
     }
 
     #[test]
+    fn drained_servers_are_never_picked_even_when_nothing_else_is_left() {
+        let p = pool(
+            &[
+                ("127.0.0.2:1", 1, false, true),
+                ("127.0.0.3:1", 1, false, false),
+            ],
+            1,
+        );
+        let now = Instant::now();
+        assert_eq!(order(&p, now), ["127.0.0.3:1".parse().unwrap()]);
+        fail(&p, &server(&p, 1), now);
+        assert_eq!(order(&p, now), ["127.0.0.3:1".parse().unwrap()]);
+        assert_eq!(server(&p, 0).condition(now), State::Draining);
+    }
+
+    #[test]
+    fn after_fail_timeout_one_client_retries_the_server_the_others_go_elsewhere() {
+        let p = pool(
+            &[
+                ("127.0.0.2:1", 1, false, false),
+                ("127.0.0.3:1", 1, false, false),
+            ],
+            1,
+        );
+        let t0 = Instant::now();
+        let down = server(&p, 0);
+        fail(&p, &down, t0);
+        // Keep the other server busy, so least_conn alone would pick the one that was down.
+        let mut held: Vec<Lease> = (0..3)
+            .map(|_| p.next_server(&mut p.attempts(), t0).unwrap())
+            .collect();
+        assert!(held.iter().all(|l| l.server().addr == server(&p, 1).addr));
+        let later = t0 + Duration::from_secs(6);
+        let first = p.next_server(&mut p.attempts(), later).unwrap();
+        assert_eq!(first.server().addr, down.addr, "one trial");
+        for _ in 0..5 {
+            let next = p.next_server(&mut p.attempts(), later).unwrap();
+            assert_eq!(
+                next.server().addr,
+                server(&p, 1).addr,
+                "the others go to the up server"
+            );
+            held.push(next);
+        }
+        // The trial succeeds: the server takes its share again.
+        p.record_success(&down);
+        assert!(down.is_up(later));
+        assert_eq!(server(&p, 0).condition(later), State::Up);
+    }
+
+    #[test]
+    fn a_server_probes_have_down_is_tried_only_when_nothing_else_is_up() {
+        let p = pool(
+            &[
+                ("127.0.0.2:1", 1, false, false),
+                ("127.0.0.3:1", 1, false, false),
+            ],
+            1,
+        );
+        let now = Instant::now();
+        let s = server(&p, 0);
+        for _ in 0..3 {
+            s.live().probe.record(false, 2, 3);
+        }
+        assert_eq!(s.condition(now), State::ProbeDown);
+        assert!(!s.is_up(now));
+        assert_eq!(
+            order(&p, now),
+            [
+                "127.0.0.3:1".parse().unwrap(),
+                "127.0.0.2:1".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
     fn leases_count_active_connections_until_dropped() {
-        let p = pool(&[("127.0.0.2:1", 1, false), ("127.0.0.3:1", 1, false)], 1);
+        let p = pool(
+            &[
+                ("127.0.0.2:1", 1, false, false),
+                ("127.0.0.3:1", 1, false, false),
+            ],
+            1,
+        );
         let now = Instant::now();
         let mut held = Vec::new();
         for _ in 0..4 {
             let mut attempts = p.attempts();
-            let (_, lease) = p.next_server(&mut attempts, now).unwrap();
-            held.push(lease);
+            held.push(p.next_server(&mut attempts, now).unwrap());
         }
-        assert_eq!((p.servers[0].active(), p.servers[1].active()), (2, 2));
+        assert_eq!((server(&p, 0).active(), server(&p, 1).active()), (2, 2));
         held.clear();
-        assert_eq!((p.servers[0].active(), p.servers[1].active()), (0, 0));
+        assert_eq!((server(&p, 0).active(), server(&p, 1).active()), (0, 0));
     }
 
     #[test]
     fn success_brings_a_down_server_back() {
-        let p = pool(&[("127.0.0.2:1", 1, false)], 1);
+        let p = pool(&[("127.0.0.2:1", 1, false, false)], 1);
         let now = Instant::now();
-        p.record_failure(&p.servers[0], now);
-        assert!(!p.servers[0].is_up(now));
-        p.record_success(&p.servers[0]);
-        assert!(p.servers[0].is_up(now));
+        let s = server(&p, 0);
+        fail(&p, &s, now);
+        assert!(!s.is_up(now));
+        assert!(matches!(s.condition(now), State::Failed { .. }));
+        p.record_success(&s);
+        assert!(s.is_up(now));
     }
 }

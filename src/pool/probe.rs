@@ -1,0 +1,220 @@
+//! Active health checks: one task per pool probes every server once per
+//! `interval`, spread evenly over it.
+//!
+//! With `n` servers the task starts one probe every `interval / n`, walking the
+//! servers in turn, so a pool of 1,000 at 1 s makes one connect per millisecond
+//! rather than 1,000 at once, and a reload (which restarts the task) causes no
+//! burst either. Probes run as futures inside the task, not as tasks of their
+//! own. A probe is a TCP connect, closed at once with a reset (no TIME_WAIT
+//! left behind on either side), or with `tls_sni` a full TLS handshake that
+//! also records the notAfter of the server's leaf certificate. Results feed
+//! the server's [`ProbeHealth`](super::health::ProbeHealth): `fall` failures in
+//! a row take it down, `rise` successes bring it back. The streaks live in the
+//! server's shared state, so they survive reloads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::spec::CheckSpec;
+use super::{Pool, Server};
+
+/// What a good probe learned: the certificate's notAfter, for TLS probes.
+type Probed = Result<Option<i64>, String>;
+
+/// Probes `pool`'s servers until aborted (by the next reload).
+pub async fn run(pool: Arc<Pool>, check: CheckSpec) {
+    let tls = match &check.tls_sni {
+        Some(sni) => match tls_probe(sni) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                tracing::error!(pool = %pool.name, "cannot set up TLS health checks: {e}");
+                return;
+            }
+        },
+        None => None,
+    };
+    let mut in_flight = FuturesUnordered::new();
+    let mut turn = 0usize;
+    let mut next = Instant::now();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                let members = pool.members();
+                let n = members.servers.len().max(1);
+                if let Some(server) = members.servers.get(turn % n) {
+                    let server = Arc::clone(server);
+                    let probe = probe(server.addr, check.timeout, tls.clone());
+                    in_flight.push(async move { (server, probe.await) });
+                }
+                turn = turn.wrapping_add(1);
+                next += check.interval / u32::try_from(n).unwrap_or(u32::MAX);
+                // Far behind (a stalled machine): start afresh rather than catch up.
+                let now = Instant::now();
+                if next + check.interval < now {
+                    next = now;
+                }
+            }
+            Some((server, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                record(&pool, &check, &server, result);
+            }
+        }
+    }
+}
+
+fn record(pool: &Pool, check: &CheckSpec, server: &Server, result: Probed) {
+    let state = &server.state;
+    let ok = result.is_ok();
+    let changed = state.probe.record(ok, check.rise, check.fall);
+    match result {
+        Ok(cert) => {
+            state.checks_ok.fetch_add(1, Ordering::Relaxed);
+            if let Some(not_after) = cert {
+                state.cert_not_after.store(not_after, Ordering::Relaxed);
+            }
+            if changed == Some(true) {
+                tracing::info!(pool = %pool.name, server = %server.label, "server is up again: {} health checks in a row passed", check.rise);
+            }
+        }
+        Err(e) => {
+            state.checks_failed.fetch_add(1, Ordering::Relaxed);
+            if changed == Some(false) {
+                tracing::warn!(pool = %pool.name, server = %server.label, error = %e, "server marked down: {} health checks in a row failed", check.fall);
+            } else {
+                tracing::debug!(pool = %pool.name, server = %server.label, error = %e, "health check failed");
+            }
+            state.set_last_error("probe", e);
+        }
+    }
+}
+
+/// One probe of `addr`, within `timeout`.
+async fn probe(addr: SocketAddr, timeout: Duration, tls: Option<TlsProbe>) -> Probed {
+    let attempt = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        match tls {
+            None => {
+                // Close with a reset: nothing to say, and no TIME_WAIT.
+                socket2::SockRef::from(&tcp)
+                    .set_linger(Some(Duration::ZERO))
+                    .ok();
+                Ok(None)
+            }
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.config);
+                let mut stream = connector
+                    .connect(tls.sni, tcp)
+                    .await
+                    .map_err(|e| format!("TLS handshake: {e}"))?;
+                let not_after = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .ok_or_else(|| "TLS handshake: the server sent no certificate".to_owned())
+                    .and_then(|leaf| not_after(leaf))?;
+                // close_notify, so the server logs a clean close, not a reset.
+                let _ = stream.shutdown().await;
+                Ok(Some(not_after))
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(timeout)
+        )),
+    }
+}
+
+/// The notAfter of a DER certificate, as Unix seconds.
+fn not_after(der: &CertificateDer<'_>) -> Result<i64, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| format!("cannot read the server's certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+/// What every TLS probe of a pool shares.
+#[derive(Clone)]
+struct TlsProbe {
+    config: Arc<ClientConfig>,
+    sni: ServerName<'static>,
+}
+
+fn tls_probe(sni: &str) -> Result<TlsProbe, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let sni = ServerName::try_from(sni.to_owned()).map_err(|e| format!("tls_sni `{sni}`: {e}"))?;
+    Ok(TlsProbe {
+        config: Arc::new(config),
+        sni,
+    })
+}
+
+/// Accepts any certificate: a probe asks whether the server completes a
+/// handshake and when its certificate ends, not whether we trust it (the
+/// clients that matter verify it themselves). Signatures are still checked.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
