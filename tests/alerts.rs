@@ -15,6 +15,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 
@@ -115,15 +116,33 @@ fn every_alert_has_a_firing_case_and_a_quiet_one() {
     assert!(unknown.is_empty(), "cases for no such alert: {unknown:?}");
 }
 
-/// A scrape of a running sniroute with one listener and one pool.
+/// A scrape of a running sniroute with one listener and one pool of two
+/// servers under TLS health checks: one refuses them, the other completes the
+/// handshake, so the health-check counters and the certificate gauge are in it.
 fn scrape() -> String {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let tls = rt.block_on(Upstream::start("127.0.0.1", "tls", Mode::Tls));
     let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
     let proxy = Sniroute::start(&format!(
         "[metrics]\nbind = \"{metrics}\"\n[[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\n\
-         default = \"p\"\n[upstreams.p]\nservers = [\"127.0.0.2:9\"]\n"
+         default = \"p\"\n[upstreams.p]\nservers = [\"127.0.0.2:9\", \"{}\"]\n\
+         [upstreams.p.health_check]\ninterval = \"100ms\"\ntls_sni = \"example.com\"\n",
+        tls.addr
     ));
     proxy.wait_log("serving GET /metrics");
-    let mut c = std::net::TcpStream::connect(metrics).unwrap();
+    // The certificate gauge appears with the first TLS health check that
+    // completes a handshake.
+    poll(Duration::from_secs(10), || {
+        let body = get_metrics(metrics);
+        body.contains("\nsniroute_server_certificate_not_after_seconds{")
+            .then_some(body)
+    })
+    .expect("no certificate gauge after 10s of TLS health checks")
+}
+
+/// The body of `GET /metrics` on `addr`.
+fn get_metrics(addr: std::net::SocketAddr) -> String {
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
     c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut response = String::new();
     c.read_to_string(&mut response).unwrap();
