@@ -461,3 +461,81 @@ fn unanchored_regex_routes_are_warnings_with_their_location() {
         assert!(w.contains(missing) && w.contains(instead), "{pattern}: {w}");
     }
 }
+
+#[test]
+fn health_check_settings_are_parsed_with_their_defaults() {
+    let text = format!("{MINIMAL}[upstreams.web.health_check]\ntls_sni = \"apps.example.com\"\n");
+    let c = load_str(&text).unwrap();
+    let check = c.pools["web"].spec.check.clone().unwrap();
+    assert_eq!(
+        check,
+        crate::pool::spec::CheckSpec {
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            fall: 3,
+            rise: 2,
+            tls_sni: Some(Arc::from("apps.example.com")),
+        }
+    );
+    // A short interval shortens the default timeout with it.
+    let text = format!("{MINIMAL}[upstreams.web.health_check]\ninterval = \"500ms\"\n");
+    let check = load_str(&text).unwrap().pools["web"]
+        .spec
+        .check
+        .clone()
+        .unwrap();
+    assert_eq!(check.timeout, Duration::from_millis(500));
+    assert_eq!(check.tls_sni, None);
+}
+
+#[test]
+fn bad_health_check_and_dns_settings_say_what_to_write() {
+    let check = |lines: &str| {
+        load_str(&format!("{MINIMAL}[upstreams.web.health_check]\n{lines}\n")).unwrap_err()
+    };
+    assert_eq!(
+        check("interval = \"50ms\""),
+        "t.toml:12:12: upstreams.web.health_check.interval = 50ms is too short: use 100ms or more"
+    );
+    assert_eq!(
+        check("interval = \"1s\"\ntimeout = \"2s\""),
+        "t.toml:13:11: upstreams.web.health_check.timeout = 2s is longer than interval = 1s: a probe must end before the next one starts"
+    );
+    assert_eq!(
+        check("timeout = \"5ms\""),
+        "t.toml:12:11: upstreams.web.health_check.timeout = 5ms is too short: use 10ms or more"
+    );
+    assert_eq!(
+        check("fall = 0"),
+        "t.toml:12:8: upstreams.web.health_check.fall must be 1 or more"
+    );
+    assert_eq!(
+        check("tls_sni = \"10.0.0.1\""),
+        "t.toml:12:11: upstreams.web.health_check.tls_sni = `10.0.0.1` is not a DNS name"
+    );
+    assert!(check("tcp = true").contains("unknown field `tcp`"));
+    let text = MINIMAL.replace(
+        "[upstreams.web]\n",
+        "[upstreams.web]\ndns_refresh = \"500ms\"\n",
+    );
+    assert_eq!(
+        load_str(&text).unwrap_err(),
+        "t.toml:10:15: upstreams.web.dns_refresh must be at least 1s"
+    );
+}
+
+#[test]
+fn drain_is_a_server_setting() {
+    let text = MINIMAL.replace(
+        "\"127.0.0.2:443\"",
+        "{ addr = \"127.0.0.2:443\", drain = true }",
+    );
+    let c = load_str(&text).unwrap();
+    let drained: Vec<bool> = c.pools["web"]
+        .members()
+        .servers
+        .iter()
+        .map(|s| s.drain)
+        .collect();
+    assert_eq!(drained, [true, false, false]);
+}
