@@ -282,13 +282,13 @@ body{font:14px/1.35 system-ui,sans-serif;margin:0;padding:0 1rem 1rem;color:#1f2
 header{position:sticky;top:0;background:#f6f8fa;border-bottom:1px solid #d0d7de;padding:.5rem 1rem;margin:0 -1rem 1rem}\
 h1{font-size:1.2rem;margin:0 0 .2rem}h2{font-size:1.05rem;margin:1.2rem 0 .3rem}\
 h2 small{font-weight:normal;color:#57606a}\
-table{border-collapse:collapse;min-width:60%}\
+table{border-collapse:collapse;width:100%;max-width:72rem}\
 th,td{border:1px solid #d0d7de;padding:.2rem .5rem;text-align:left;vertical-align:top}\
 th{background:#f6f8fa;font-weight:600}\
 td.n{text-align:right;font-variant-numeric:tabular-nums}\
 .addr,.mono{font-family:ui-monospace,monospace}\
-.label{color:#57606a;margin-left:.5rem}\
-.tag{font-size:.8em;border:1px solid #8c959f;border-radius:3px;padding:0 .3rem;margin-left:.5rem;color:#57606a}\
+.label{color:#57606a;margin-left:.3rem}\
+.tag{font-size:.8em;border:1px solid #8c959f;border-radius:3px;padding:0 .3rem;margin-left:.3rem;color:#57606a}\
 .st{display:inline-block;min-width:4.5em;font-weight:700;border-radius:3px;padding:0 .3rem;text-align:center}\
 .st.up{background:#dafbe1;color:#116329}\
 .st.down{background:#cf222e;color:#fff}\
@@ -385,10 +385,10 @@ fn write_server(out: &mut String, s: &ServerView) -> fmt::Result {
         "<tr class=\"{word}\" data-server=\"{addr}\" data-state=\"{word}\"><td><span class=\"addr\">{addr}</span>"
     )?;
     if s.label != addr {
-        write!(out, "<span class=\"label\">{}</span>", Esc(&s.label))?;
+        write!(out, " <span class=\"label\">{}</span>", Esc(&s.label))?;
     }
     if s.backup {
-        out.push_str("<span class=\"tag\">backup</span>");
+        out.push_str(" <span class=\"tag\">backup</span>");
     }
     write!(out, "</td><td><span class=\"st {word}\">{word}</span>")?;
     let why = match s.state {
@@ -616,7 +616,7 @@ mod tests {
         assert!(apps.contains("<td class=\"n\">12</td><td class=\"n\">3</td>"));
         assert!(apps.contains("40 d left"));
         let backup = row(&html, "10.0.0.3:443");
-        assert!(backup.contains("<span class=\"tag\">backup</span>"));
+        assert!(backup.contains("</span> <span class=\"tag\">backup</span>"));
         assert!(backup.contains("expired 2 d ago"));
         let down = row(&html, "10.0.0.2:443");
         assert!(down.contains("node2.lan:443 (10.0.0.2:443)"));
