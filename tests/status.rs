@@ -134,9 +134,12 @@ async fn status_lists_every_pool_and_server_and_healthz_is_503_during_the_drain(
     assert!(html.contains("1 open connection(s)"), "{html}");
 
     proxy.signal("TERM");
-    proxy.wait_log("shutting down");
-    let (code, _, body) = curl(&format!("http://{metrics}/healthz"));
-    assert_eq!((code, body.as_str()), (503, "draining\n"));
+    // The drain begins just after its log line: poll for the answer, bounded.
+    let healthz = poll(DEADLINE, || {
+        Some(curl(&format!("http://{metrics}/healthz"))).filter(|(code, _, _)| *code != 200)
+    })
+    .expect("/healthz never left 200 after SIGTERM");
+    assert_eq!((healthz.0, healthz.2.as_str()), (503, "draining\n"));
     let (code, _, html) = curl(&status_url);
     assert_eq!(code, 200);
     assert!(html.contains("draining: shutting down"), "{html}");

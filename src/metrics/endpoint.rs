@@ -78,43 +78,17 @@ async fn answer(
             None => continue,
         }
     };
-    let draining = shutdown.phase() >= Phase::Draining;
-    let (status, content_type, body) = match answer {
-        Answer::Page {
-            page: Path::Metrics,
-            ..
-        } => (
-            "200 OK".to_owned(),
-            prometheus_text::CONTENT_TYPE,
-            metrics.render(),
-        ),
-        Answer::Page {
-            page: Path::Status, ..
-        } => (
-            "200 OK".to_owned(),
-            "text/html; charset=utf-8",
-            page.html(draining),
-        ),
-        Answer::Page {
-            page: Path::Healthz,
-            ..
-        } if draining => (
-            "503 Service Unavailable".to_owned(),
-            "text/plain; charset=utf-8",
-            "draining\n".to_owned(),
-        ),
-        Answer::Page {
-            page: Path::Healthz,
-            ..
-        } => (
-            "200 OK".to_owned(),
-            "text/plain; charset=utf-8",
-            "ok\n".to_owned(),
-        ),
+    let (status, content_type, body, head_only) = match answer {
+        Answer::Serve { path, head_only } => {
+            let draining = shutdown.phase() >= Phase::Draining;
+            let (status, content_type, body) = content(path, metrics, page, draining);
+            (status.to_owned(), content_type, body, head_only)
+        }
         Answer::Status(code, reason) => (
             format!("{code} {reason}"),
             "text/plain",
             format!("{code} {reason}\n"),
+            false,
         ),
     };
     // Every answer is about this instant: a cached /healthz or /status would lie.
@@ -123,22 +97,32 @@ async fn answer(
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    if !matches!(
-        answer,
-        Answer::Page {
-            head_only: true,
-            ..
-        }
-    ) {
+    if !head_only {
         stream.write_all(body.as_bytes()).await?;
     }
     stream.shutdown().await
 }
 
+/// (status, content type, body) of a served path.
+fn content(
+    path: Path,
+    metrics: &Arc<Metrics>,
+    page: &Page,
+    draining: bool,
+) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match path {
+        Path::Metrics => ("200 OK", prometheus_text::CONTENT_TYPE, metrics.render()),
+        Path::Status => ("200 OK", "text/html; charset=utf-8", page.html(draining)),
+        Path::Healthz if draining => ("503 Service Unavailable", TEXT, "draining\n".to_owned()),
+        Path::Healthz => ("200 OK", TEXT, "ok\n".to_owned()),
+    }
+}
+
 /// What a request gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
-    Page { page: Path, head_only: bool },
+    Serve { path: Path, head_only: bool },
     Status(u16, &'static str),
 }
 
@@ -160,19 +144,19 @@ fn route(head: &[u8]) -> Option<Answer> {
         Ok(httparse::Status::Complete(_)) => {
             let path = request.path.unwrap_or("");
             let path = path.split_once('?').map_or(path, |(p, _)| p);
-            let page = match path {
+            let path = match path {
                 "/metrics" => Path::Metrics,
                 "/status" => Path::Status,
                 "/healthz" => Path::Healthz,
                 _ => return Some(Answer::Status(404, "Not Found")),
             };
             Some(match request.method {
-                Some("GET") => Answer::Page {
-                    page,
+                Some("GET") => Answer::Serve {
+                    path,
                     head_only: false,
                 },
-                Some("HEAD") => Answer::Page {
-                    page,
+                Some("HEAD") => Answer::Serve {
+                    path,
                     head_only: true,
                 },
                 _ => Answer::Status(405, "Method Not Allowed"),
@@ -187,7 +171,7 @@ mod tests {
 
     fn status(head: &[u8]) -> Option<String> {
         route(head).map(|a| match a {
-            Answer::Page { page, head_only } => format!("{page:?} head_only={head_only}"),
+            Answer::Serve { path, head_only } => format!("{path:?} head_only={head_only}"),
             Answer::Status(code, reason) => format!("HTTP/1.1 {code} {reason}"),
         })
     }
