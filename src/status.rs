@@ -129,6 +129,10 @@ pub struct Process {
 }
 
 /// Reads the running config and its live server state into a view.
+///
+/// Servers are up or down by passive health only: the live state keeps no
+/// last error, certificate expiry, drain or DNS departure yet, so those
+/// fields stay empty and those states are never reported from here.
 pub fn collect(config: &Config, process: &Process, now: Instant) -> StatusView {
     let listeners = config
         .listeners
