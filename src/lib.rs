@@ -17,6 +17,8 @@
 //! [`server`] runs the listeners, [`reload`] and the shutdown; [`config`] turns
 //! the TOML into the immutable tables all of this reads. [`import`] translates
 //! an nginx `stream {}` config into sniroute's (`sniroute import-nginx`).
+//! [`metrics`] serves the metrics and, next to them, [`status`]: the status
+//! page and `/healthz`.
 //! The shared vocabulary sits below all of them, importing none: [`outcome`],
 //! [`throttle`], [`connections`], [`histogram`], [`shutdown`].
 //!
@@ -46,5 +48,6 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod shutdown;
+pub mod status;
 pub mod systemd;
 pub mod throttle;

@@ -3,7 +3,8 @@
 //! SIGHUP and changes of the config file reload it (see [`crate::reload`]).
 //! SIGTERM or SIGINT stops every accept loop (their sockets close, so new
 //! connections are refused by the kernel), then open connections get up to
-//! `timeouts.shutdown` to finish. A second signal during the drain exits at once.
+//! `timeouts.shutdown` to finish; the metrics endpoint keeps answering, with
+//! `/healthz` at 503, until the process exits. A second signal during the drain exits at once.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use crate::pool::Registry;
 use crate::relay::Engine;
 use crate::reload::{Reloader, Trigger, Watcher};
 use crate::shutdown::{self, Phase};
+use crate::status::Page;
 use crate::systemd;
 
 /// How to run.
@@ -64,8 +66,14 @@ pub async fn run(
     let bound = listeners.bind_missing(&current.load())?;
     if let Some(addr) = current.load().metrics {
         let socket = listener::bind(addr)?;
-        tracing::info!(metrics = %addr, "serving GET /metrics");
-        tokio::spawn(endpoint::serve(socket, Arc::clone(&metrics), shutdown));
+        tracing::info!(metrics = %addr, "serving GET /metrics, /status and /healthz");
+        let page = Arc::new(Page::new(Arc::clone(&current), Arc::clone(&connections)));
+        tokio::spawn(endpoint::serve(
+            socket,
+            Arc::clone(&metrics),
+            page,
+            shutdown,
+        ));
     }
     registry.commit(&current.load().pools);
     listeners.start(bound);

@@ -2,7 +2,9 @@
 //!
 //! One `watch` channel carries the phase; tasks wait for the phase that concerns
 //! them: accept loops stop at [`Phase::Draining`], relays end at [`Phase::Closing`]
-//! (so that even a cut connection writes its access-log line).
+//! (so that even a cut connection writes its access-log line). The metrics
+//! endpoint stops at neither: it reads the phase to answer `/healthz` until the
+//! process exits.
 
 use tokio::sync::watch;
 
@@ -25,6 +27,11 @@ impl Shutdown {
     /// going away anyway).
     pub async fn reached(&mut self, phase: Phase) {
         let _ = self.0.wait_for(|p| *p >= phase).await;
+    }
+
+    /// The phase right now.
+    pub fn phase(&self) -> Phase {
+        *self.0.borrow()
     }
 }
 

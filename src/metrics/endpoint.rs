@@ -1,4 +1,10 @@
-//! The metrics HTTP endpoint: `GET /metrics`, and nothing else.
+//! The metrics HTTP endpoint: `GET /metrics`, the status page `GET /status`
+//! (see [`crate::status`]) and `GET /healthz`, and nothing else.
+//!
+//! `/healthz` answers `200 ok` while sniroute serves and `503 draining` once
+//! graceful shutdown has begun, so that keepalived and balancers in front move
+//! traffic away during the drain; for that the endpoint keeps serving through
+//! the drain, until the process exits.
 //!
 //! A deliberately tiny HTTP/1.x responder rather than an HTTP server stack: one
 //! request per connection, answered and closed. It shares nothing with the proxy
@@ -16,19 +22,23 @@ use tokio::sync::Semaphore;
 
 use super::Metrics;
 use crate::shutdown::{Phase, Shutdown};
+use crate::status::Page;
 
 pub const MAX_CLIENTS: usize = 8;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HEAD: usize = 8 * 1024;
 
-/// Serves `metrics` on `listener` until shutdown.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+/// Serves `metrics`, `page` and the health answer on `listener` until the
+/// process exits (the drain included: `shutdown` only changes `/healthz`).
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    page: Arc<Page>,
+    shutdown: Shutdown,
+) {
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
     loop {
-        let accepted = tokio::select! {
-            () = shutdown.reached(Phase::Draining) => return,
-            accepted = listener.accept() => accepted,
-        };
+        let accepted = listener.accept().await;
         let Ok((stream, _)) = accepted else {
             // Out of descriptors, most likely: the proxy matters more; back off.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -37,15 +47,21 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut shutdown: S
         let Ok(permit) = Arc::clone(&clients).try_acquire_owned() else {
             continue; // dropping the stream closes it
         };
-        let metrics = Arc::clone(&metrics);
+        let (metrics, page, shutdown) = (Arc::clone(&metrics), Arc::clone(&page), shutdown.clone());
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, &metrics)).await;
+            let served = answer(stream, &metrics, &page, &shutdown);
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, served).await;
             drop(permit);
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Arc<Metrics>) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Arc<Metrics>,
+    page: &Page,
+    shutdown: &Shutdown,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     let answer = loop {
@@ -62,34 +78,60 @@ async fn answer(mut stream: TcpStream, metrics: &Arc<Metrics>) -> std::io::Resul
             None => continue,
         }
     };
-    let (status, content_type, body) = match answer {
-        Answer::Metrics { .. } => (
-            "200 OK".to_owned(),
-            prometheus_text::CONTENT_TYPE,
-            metrics.render(),
-        ),
+    let (status, content_type, body, head_only) = match answer {
+        Answer::Serve { path, head_only } => {
+            let draining = shutdown.phase() >= Phase::Draining;
+            let (status, content_type, body) = content(path, metrics, page, draining);
+            (status.to_owned(), content_type, body, head_only)
+        }
         Answer::Status(code, reason) => (
             format!("{code} {reason}"),
             "text/plain",
             format!("{code} {reason}\n"),
+            false,
         ),
     };
+    // Every answer is about this instant: a cached /healthz or /status would lie.
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    if !matches!(answer, Answer::Metrics { head_only: true }) {
+    if !head_only {
         stream.write_all(body.as_bytes()).await?;
     }
     stream.shutdown().await
 }
 
+/// (status, content type, body) of a served path.
+fn content(
+    path: Path,
+    metrics: &Arc<Metrics>,
+    page: &Page,
+    draining: bool,
+) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match path {
+        Path::Metrics => ("200 OK", prometheus_text::CONTENT_TYPE, metrics.render()),
+        Path::Status => ("200 OK", "text/html; charset=utf-8", page.html(draining)),
+        Path::Healthz if draining => ("503 Service Unavailable", TEXT, "draining\n".to_owned()),
+        Path::Healthz => ("200 OK", TEXT, "ok\n".to_owned()),
+    }
+}
+
 /// What a request gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answer {
-    Metrics { head_only: bool },
+    Serve { path: Path, head_only: bool },
     Status(u16, &'static str),
+}
+
+/// The paths served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Metrics,
+    Status,
+    Healthz,
 }
 
 /// What to answer once `head` holds a complete request head (`None`: read more).
@@ -102,11 +144,22 @@ fn route(head: &[u8]) -> Option<Answer> {
         Ok(httparse::Status::Complete(_)) => {
             let path = request.path.unwrap_or("");
             let path = path.split_once('?').map_or(path, |(p, _)| p);
-            Some(match (request.method, path) {
-                (Some("GET"), "/metrics") => Answer::Metrics { head_only: false },
-                (Some("HEAD"), "/metrics") => Answer::Metrics { head_only: true },
-                (_, "/metrics") => Answer::Status(405, "Method Not Allowed"),
-                _ => Answer::Status(404, "Not Found"),
+            let path = match path {
+                "/metrics" => Path::Metrics,
+                "/status" => Path::Status,
+                "/healthz" => Path::Healthz,
+                _ => return Some(Answer::Status(404, "Not Found")),
+            };
+            Some(match request.method {
+                Some("GET") => Answer::Serve {
+                    path,
+                    head_only: false,
+                },
+                Some("HEAD") => Answer::Serve {
+                    path,
+                    head_only: true,
+                },
+                _ => Answer::Status(405, "Method Not Allowed"),
             })
         }
     }
@@ -118,7 +171,7 @@ mod tests {
 
     fn status(head: &[u8]) -> Option<String> {
         route(head).map(|a| match a {
-            Answer::Metrics { head_only } => format!("metrics head_only={head_only}"),
+            Answer::Serve { path, head_only } => format!("{path:?} head_only={head_only}"),
             Answer::Status(code, reason) => format!("HTTP/1.1 {code} {reason}"),
         })
     }
@@ -127,15 +180,15 @@ mod tests {
     fn only_get_and_head_of_metrics_are_served() {
         assert_eq!(
             status(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap(),
-            "metrics head_only=false"
+            "Metrics head_only=false"
         );
         assert_eq!(
             status(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").unwrap(),
-            "metrics head_only=false"
+            "Metrics head_only=false"
         );
         assert_eq!(
             status(b"HEAD /metrics HTTP/1.1\r\n\r\n").unwrap(),
-            "metrics head_only=true"
+            "Metrics head_only=true"
         );
         assert_eq!(
             status(b"POST /metrics HTTP/1.1\r\n\r\n").unwrap(),
@@ -147,6 +200,30 @@ mod tests {
         );
         assert_eq!(
             status(b"GET /metrics/x HTTP/1.1\r\n\r\n").unwrap(),
+            "HTTP/1.1 404 Not Found"
+        );
+    }
+
+    #[test]
+    fn status_and_healthz_are_served_too() {
+        assert_eq!(
+            status(b"GET /status HTTP/1.1\r\n\r\n").unwrap(),
+            "Status head_only=false"
+        );
+        assert_eq!(
+            status(b"GET /healthz?probe=1 HTTP/1.0\r\n\r\n").unwrap(),
+            "Healthz head_only=false"
+        );
+        assert_eq!(
+            status(b"HEAD /healthz HTTP/1.1\r\n\r\n").unwrap(),
+            "Healthz head_only=true"
+        );
+        assert_eq!(
+            status(b"DELETE /status HTTP/1.1\r\n\r\n").unwrap(),
+            "HTTP/1.1 405 Method Not Allowed"
+        );
+        assert_eq!(
+            status(b"GET /health HTTP/1.1\r\n\r\n").unwrap(),
             "HTTP/1.1 404 Not Found"
         );
     }
