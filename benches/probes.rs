@@ -37,7 +37,10 @@ fn main() {
         "{:<28} {:>10} {:>14}",
         "", "CPU % of a core", "peak RSS (MB)"
     );
-    for (name, m) in [("no health checks", &baseline), ("TCP probes, 1000 x 1s", &probing)] {
+    for (name, m) in [
+        ("no health checks", &baseline),
+        ("TCP probes, 1000 x 1s", &probing),
+    ] {
         println!("{name:<28} {:>10.2} {:>14.1}", m.cpu_percent, m.peak_rss_mb);
     }
     println!(
@@ -163,7 +166,8 @@ fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
     let after = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = after.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 

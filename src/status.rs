@@ -11,13 +11,13 @@
 use std::fmt::{self, Display, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
 use crate::config::Config;
 use crate::connections::Connections;
-use crate::pool::Server;
+use crate::pool::{Server, State as Condition};
 
 /// How often the page reloads itself, in seconds.
 pub const REFRESH_SECS: u32 = 2;
@@ -129,11 +129,8 @@ pub struct Process {
 }
 
 /// Reads the running config and its live server state into a view.
-///
-/// Servers are up or down by passive health only: the live state keeps no
-/// last error, certificate expiry, drain or DNS departure yet, so those
-/// fields stay empty and those states are never reported from here.
 pub fn collect(config: &Config, process: &Process, now: Instant) -> StatusView {
+    let wall = SystemTime::now();
     let listeners = config
         .listeners
         .iter()
@@ -143,7 +140,7 @@ pub fn collect(config: &Config, process: &Process, now: Instant) -> StatusView {
             routes: l
                 .router
                 .routes()
-                .into_iter()
+                .iter()
                 .map(|r| RouteView {
                     pattern: r.pattern.to_string(),
                     pool: r.target.pool.name.to_string(),
@@ -158,30 +155,18 @@ pub fn collect(config: &Config, process: &Process, now: Instant) -> StatusView {
     let pools = config
         .pools
         .values()
-        .map(|pool| PoolView {
-            name: pool.name.to_string(),
-            balance: pool.balance.as_str().to_owned(),
-            servers: pool
-                .servers
-                .iter()
-                .map(|s| ServerView {
-                    addr: s.addr,
-                    label: s.label.to_string(),
-                    backup: s.backup,
-                    state: if s.is_up(now) {
-                        State::Up
-                    } else {
-                        State::Down {
-                            reason: DownReason::MaxFails,
-                            until: down_for(s, pool.health.fail_timeout, now),
-                        }
-                    },
-                    active: s.active(),
-                    failures: s.live().counters().connect_failures,
-                    last_error: None,
-                    cert_days_left: None,
-                })
-                .collect(),
+        .map(|pool| {
+            let members = pool.members();
+            let staying = members.servers.iter().map(|s| (s, false));
+            let leaving = members.leaving.iter().map(|s| (s, true));
+            PoolView {
+                name: pool.name.to_string(),
+                balance: pool.balance().as_str().to_owned(),
+                servers: staying
+                    .chain(leaving)
+                    .map(|(s, leaving)| server(s, leaving, now, wall))
+                    .collect(),
+            }
         })
         .collect();
     StatusView {
@@ -194,28 +179,42 @@ pub fn collect(config: &Config, process: &Process, now: Instant) -> StatusView {
     }
 }
 
-/// How long `server`, down at `now`, stays down. Passive health answers only
-/// "up at instant t?", which flips from no to yes once, at most `fail_timeout`
-/// after the last failure: bisecting to the millisecond costs ~15 atomic reads.
-fn down_for(server: &Server, fail_timeout: Duration, now: Instant) -> Option<Duration> {
-    // A failure recorded just after `now` was read ends a little later: allow a second.
-    let limit = u64::try_from(fail_timeout.as_millis())
-        .unwrap_or(u64::MAX / 2)
-        .saturating_add(1000);
-    let at = |ms: u64| now.checked_add(Duration::from_millis(ms));
-    if !at(limit).is_some_and(|t| server.is_up(t)) {
-        return None;
+fn server(s: &Server, leaving: bool, now: Instant, wall: SystemTime) -> ServerView {
+    let live = s.live();
+    let state = match (leaving, s.condition(now)) {
+        (true, _) => State::Leaving,
+        (false, Condition::Up) => State::Up,
+        (false, Condition::Draining) => State::Draining,
+        (false, Condition::ProbeDown) => State::Down {
+            reason: DownReason::Probe,
+            until: None,
+        },
+        (false, Condition::Failed { until }) => State::Down {
+            reason: DownReason::MaxFails,
+            until: Some(until.saturating_duration_since(now)),
+        },
+    };
+    let unix_now = wall
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    ServerView {
+        addr: s.addr,
+        label: s.label.to_string(),
+        backup: s.backup,
+        state,
+        active: s.active(),
+        failures: live.counters().connect_failures,
+        last_error: live.last_error().map(|e| {
+            (
+                format!("{}: {}", e.during, e.error),
+                wall.duration_since(e.at).unwrap_or_default(),
+            )
+        }),
+        // Whole days left, rounded down; negative once expired.
+        cert_days_left: live
+            .cert_not_after()
+            .map(|t| (t - unix_now).div_euclid(86_400)),
     }
-    // Down at now + lo, up at now + hi.
-    let (mut lo, mut hi) = (0u64, limit);
-    while hi - lo > 1 {
-        let mid = lo + (hi - lo) / 2;
-        match at(mid) {
-            Some(t) if server.is_up(t) => hi = mid,
-            _ => lo = mid,
-        }
-    }
-    Some(Duration::from_millis(hi))
 }
 
 /// What the endpoint holds to build the page on each request.
@@ -685,16 +684,21 @@ mod tests {
     }
 
     #[test]
-    fn collect_maps_the_config_and_passive_health() {
+    fn collect_maps_the_config_and_the_live_state() {
         let text = "[[listeners]]\nbind = \"127.0.0.1:8443\"\nprotocol = \"tls\"\ndefault = \"a\"\n\
                     [listeners.routes]\n\"b.example.com\" = \"b\"\n\
                     [upstreams.a]\nservers = [\"127.0.0.2:443\", \"127.0.0.3:443\"]\n\
                     max_fails = 1\nfail_timeout = \"30s\"\n\
-                    [upstreams.b]\nbalance = \"round_robin\"\nservers = [\"127.0.0.4:443\", { addr = \"127.0.0.5:443\", backup = true }]\n";
+                    [upstreams.b]\nbalance = \"round_robin\"\nservers = [\"127.0.0.4:443\", { addr = \"127.0.0.5:443\", backup = true }, { addr = \"127.0.0.6:443\", drain = true }]\n";
         let config = crate::config::parse_offline(text, std::path::Path::new("t.toml")).unwrap();
         let now = Instant::now();
         let a = &config.pools["a"];
-        a.record_failure(&a.servers[1], now - Duration::from_secs(10));
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        a.record_failure(
+            &a.members().servers[1],
+            &refused,
+            now - Duration::from_secs(10),
+        );
         let process = Process {
             started: now - Duration::from_secs(90),
             open_connections: 2,
@@ -722,6 +726,9 @@ mod tests {
         let down = &view.pools[0].servers[1];
         assert_eq!(down.addr, "127.0.0.3:443".parse().unwrap());
         assert_eq!(down.failures, 1);
+        let (error, _ago) = down.last_error.clone().unwrap();
+        assert_eq!(error, format!("connect: {refused}"));
+        assert_eq!(view.pools[1].servers[2].state, State::Draining);
         assert_eq!(
             down.state,
             State::Down {
