@@ -10,9 +10,10 @@
 //! read the same pools.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ use crate::throttle::Throttle;
 #[derive(Debug, Default)]
 pub struct Registry {
     running: Mutex<Running>,
+    /// Where probes and DNS refresh run, started with the first of them.
+    health: OnceLock<Option<Handle>>,
 }
 
 #[derive(Debug, Default)]
@@ -57,7 +60,7 @@ impl Registry {
     }
 
     /// Makes `pools` the running generation: stops the tasks of the previous
-    /// one and starts probes and DNS refresh for these. Must run on the runtime.
+    /// one and starts probes and DNS refresh for these.
     pub fn commit(&self, pools: &BTreeMap<Arc<str>, Arc<Pool>>) {
         let mut running = self.lock();
         for task in running.tasks.drain(..) {
@@ -65,18 +68,24 @@ impl Registry {
         }
         running.pools = pools.clone();
         for pool in pools.values() {
-            if let Some(check) = pool.spec.check.clone() {
-                running
-                    .tasks
-                    .push(tokio::spawn(probe::run(Arc::clone(pool), check)));
-            }
-            if pool
+            let names = pool
                 .spec
                 .servers
                 .iter()
-                .any(|s| matches!(s.host, Host::Name { .. }))
-            {
-                running.tasks.push(tokio::spawn(dns::run(Arc::clone(pool))));
+                .any(|s| matches!(s.host, Host::Name { .. }));
+            if pool.spec.check.is_none() && !names {
+                continue;
+            }
+            let Some(health) = self.health.get_or_init(start_health_thread) else {
+                continue; // logged once, when the thread could not start
+            };
+            if let Some(check) = pool.spec.check.clone() {
+                running
+                    .tasks
+                    .push(health.spawn(probe::run(Arc::clone(pool), check)));
+            }
+            if names {
+                running.tasks.push(health.spawn(dns::run(Arc::clone(pool))));
             }
         }
     }
@@ -84,6 +93,33 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
         // Nothing in it can be left half-changed by a panic: keep using it.
         self.running.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A thread with a runtime of its own for probes and DNS refresh: their timers
+/// and connects wake only it, never the proxy's workers (waking those, one
+/// thread after another, cost more than the probes themselves).
+fn start_health_thread() -> Option<Handle> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the health-check runtime; no health checks or DNS refresh: {e}");
+            return None;
+        }
+    };
+    let handle = runtime.handle().clone();
+    let started = std::thread::Builder::new()
+        .name("sniroute-health".into())
+        .spawn(move || runtime.block_on(std::future::pending::<()>()));
+    match started {
+        Ok(_) => Some(handle),
+        Err(e) => {
+            tracing::error!("cannot start the health-check thread; no health checks or DNS refresh: {e}");
+            None
+        }
     }
 }
 
