@@ -1,0 +1,176 @@
+//! Running out of file descriptors, through the real binary under a low
+//! `RLIMIT_NOFILE`: what fails is the client that met the shortage, never the
+//! health of the servers, the relay engine of other connections, or the
+//! metrics endpoint.
+//!
+//! The descriptors are used up exactly: clients that connect and send nothing
+//! sit in the peek (`timeouts.peek = "1h"`) holding one descriptor each, and
+//! the test opens them one at a time, watching the process's descriptor count
+//! in `/proc/PID/fd`, until the count it wants is reached.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The limit the proxy runs under in the exhaustion tests.
+const NOFILE: usize = 64;
+
+/// Descriptors the process has open now below [`NOFILE`]: the limit is on
+/// descriptor numbers, and one inherited above it (a build tool's jobserver
+/// pipe, say) takes no room.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<usize>().ok())
+        .filter(|fd| *fd < NOFILE)
+        .count()
+}
+
+/// Opens clients to `listen` that send nothing, one at a time, each waited for
+/// until the proxy has accepted it, until the proxy holds `target` descriptors.
+async fn fill(pid: u32, listen: SocketAddr, target: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..NOFILE {
+        let now = fd_count(pid);
+        if now >= target {
+            assert_eq!(now, target, "overshot");
+            return held;
+        }
+        held.push(TcpStream::connect(listen).await.unwrap());
+        poll(DEADLINE, || (fd_count(pid) > now).then_some(()))
+            .unwrap_or_else(|| panic!("the proxy did not accept client {}", held.len()));
+    }
+    panic!("{target} descriptors never reached");
+}
+
+/// `GET /metrics` on a fresh connection; `None` if no complete answer came
+/// within `within`.
+async fn try_scrape(metrics: SocketAddr, within: Duration) -> Option<(String, String)> {
+    let exchange = async {
+        let mut c = TcpStream::connect(metrics).await.ok()?;
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut text = Vec::new();
+        c.read_to_end(&mut text).await.ok()?;
+        let text = String::from_utf8(text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        Some((head.lines().next()?.to_owned(), body.to_owned()))
+    };
+    tokio::time::timeout(within, exchange).await.ok().flatten()
+}
+
+/// A scrape's body, retried until one succeeds within `DEADLINE`.
+async fn scrape(metrics: SocketAddr) -> String {
+    let start = Instant::now();
+    loop {
+        if let Some((status, body)) = try_scrape(metrics, Duration::from_secs(2)).await {
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            return body;
+        }
+        assert!(start.elapsed() < DEADLINE, "no scrape answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of the sample `name` with exactly the labels `labels`.
+fn sample(body: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let series = if labels.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{name}{{{}}}", labels.join(","))
+    };
+    body.lines()
+        .find_map(|l| l.strip_prefix(&series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+fn config(tls: SocketAddr, metrics: SocketAddr, servers: &[SocketAddr], extra: &str) -> String {
+    let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[timeouts]\npeek = \"1h\"\n[metrics]\nbind = \"{metrics}\"\n\
+         [[listeners]]\nbind = \"{tls}\"\nprotocol = \"tls\"\ndefault = \"p\"\n\
+         [upstreams.p]\nservers = [{}]\n{extra}",
+        servers.join(", ")
+    )
+}
+
+fn start(config: &str) -> Sniroute {
+    Sniroute::start_with(
+        config,
+        Opts {
+            nofile: Some(NOFILE as u32),
+            args: vec!["--no-watch".into()],
+            ..Opts::default()
+        },
+    )
+}
+
+/// A client whose upstream `socket()` fails with EMFILE fails alone: no server
+/// is blamed (none marked down, no connect failure counted), the other server
+/// is not tried, and the shortage is logged and counted as what it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_on_connect_fails_the_client_not_the_servers() {
+    let a = Upstream::start("127.0.0.2", "a", Mode::Hold).await;
+    let b = Upstream::start("127.0.0.3", "b", Mode::Hold).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let proxy = start(&config(listen, metrics, &[a.addr, b.addr], ""));
+    let pid = proxy.child.id();
+
+    // One descriptor left: enough to accept a client, none to connect for it.
+    let held = fill(pid, listen, NOFILE - 1).await;
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(CURL_HELLO).await.unwrap();
+    assert_eq!(read_all(&mut c).await, b"", "closed without an answer");
+    let line = poll(DEADLINE, || {
+        proxy
+            .access_lines()
+            .into_iter()
+            .find(|l| l.contains("outcome=connect_failed"))
+    })
+    .unwrap_or_else(|| panic!("no connect_failed line:\n{}", proxy.log()));
+    assert!(line.contains("Too many open files"), "{line}");
+    assert_eq!((a.accepted(), b.accepted()), (0, 0));
+
+    // The failed client's descriptor is free again: the metrics endpoint can
+    // answer even without a reserve.
+    let body = scrape(metrics).await;
+    for server in [a.addr, b.addr] {
+        let labels = [("pool", "p"), ("server", &*server.to_string())];
+        assert_eq!(
+            sample(&body, "sniroute_server_up", &labels),
+            Some(1.0),
+            "{server}:\n{}",
+            proxy.log()
+        );
+        assert_eq!(
+            sample(&body, "sniroute_server_connect_failures_total", &labels),
+            Some(0.0),
+            "{server}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &body,
+            "sniroute_local_resource_errors_total",
+            &[
+                ("operation", "upstream_connect"),
+                ("resource", "file_descriptors")
+            ]
+        ),
+        Some(1.0)
+    );
+    let log = proxy.log();
+    assert!(!log.contains("marked down"), "{log}");
+    assert!(!log.contains("trying the next server"), "{log}");
+    assert!(!log.contains("no server reachable"), "{log}");
+    assert!(
+        log.contains("out of file descriptors") && log.contains("LimitNOFILE"),
+        "{log}"
+    );
+    drop(held);
+}
