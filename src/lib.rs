@@ -18,7 +18,9 @@
 //! the TOML into the immutable tables all of this reads. [`import`] translates
 //! an nginx `stream {}` config into sniroute's (`sniroute import-nginx`).
 //! The shared vocabulary sits below all of them, importing none: [`outcome`],
-//! [`throttle`], [`connections`], [`histogram`], [`shutdown`].
+//! [`throttle`], [`connections`], [`histogram`], [`shutdown`], and
+//! [`resources`], which tells local shortages (file descriptors, memory,
+//! ports) from peers' failures.
 //!
 //! This library is the binary's inside, not an API: its documentation is built
 //! with private items (`cargo doc --document-private-items`), where module docs
@@ -43,6 +45,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;
+pub mod resources;
 pub mod route;
 pub mod server;
 pub mod shutdown;
