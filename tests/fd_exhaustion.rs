@@ -174,3 +174,88 @@ async fn out_of_descriptors_on_connect_fails_the_client_not_the_servers() {
     );
     drop(held);
 }
+
+/// Pipes the process holds below [`NOFILE`] (each end counts).
+fn pipe_ends(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let fd: usize = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            (fd < NOFILE && target.to_str()?.starts_with("pipe:")).then_some(())
+        })
+        .count()
+}
+
+/// Sends `len` bytes through `c` to an echo server and checks that the same
+/// bytes come back.
+async fn echo_bulk(c: &mut TcpStream, len: usize) {
+    let sent: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let (mut r, mut w) = c.split();
+    let mut back = vec![0; len];
+    let (wrote, read) = tokio::time::timeout(DEADLINE, async {
+        tokio::join!(w.write_all(&sent), r.read_exact(&mut back))
+    })
+    .await
+    .expect("echo timed out");
+    wrote.unwrap();
+    read.unwrap();
+    assert!(back == sent, "the echo differs");
+}
+
+/// A pipe that cannot be had for lack of descriptors makes that connection
+/// copy instead of splice; it neither switches the whole process to copying
+/// nor claims that the kernel refused splice. Once descriptors are back, new
+/// connections splice (they make pipes) again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_pipe_for_splice_copies_that_connection_only() {
+    let a = Upstream::start("127.0.0.2", "a", Mode::Hold).await;
+    let echo = Upstream::start("127.0.0.3", "echo", Mode::Echo).await;
+    let (listen, metrics, tcp) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let extra = format!(
+        "[[listeners]]\nbind = \"{tcp}\"\nprotocol = \"tcp\"\ndefault = \"e\"\n\
+         [upstreams.e]\nservers = [\"{}\"]\n",
+        echo.addr
+    );
+    let proxy = start(&config(listen, metrics, &[a.addr], &extra));
+    proxy.wait_log("relay=splice");
+    let pid = proxy.child.id();
+    let pipes_at_start = pipe_ends(pid);
+
+    let mut c = TcpStream::connect(tcp).await.unwrap();
+    echo_bulk(&mut c, 2).await;
+    let held = fill(pid, listen, NOFILE).await;
+    // Bulk both ways: each direction moves from copy to splice and needs a pipe.
+    echo_bulk(&mut c, 256 * 1024).await;
+    let log = proxy.log();
+    assert!(!log.contains("refused by the kernel"), "{log}");
+    proxy.wait_log("no pipe for splice(2)");
+
+    drop(held);
+    poll(DEADLINE, || (fd_count(pid) < NOFILE / 2).then_some(()))
+        .expect("the held clients' descriptors were never closed");
+    let mut d = TcpStream::connect(tcp).await.unwrap();
+    echo_bulk(&mut d, 256 * 1024).await;
+    assert!(
+        pipe_ends(pid) > pipes_at_start,
+        "no pipe was made for a new connection: it copied"
+    );
+    let failed = sample(
+        &scrape(metrics).await,
+        "sniroute_local_resource_errors_total",
+        &[
+            ("operation", "splice_pipe"),
+            ("resource", "file_descriptors"),
+        ],
+    );
+    // Once per direction at most: a direction that met the shortage copies to its end.
+    assert!(
+        matches!(failed, Some(n) if (1.0..=2.0).contains(&n)),
+        "{failed:?}"
+    );
+}
