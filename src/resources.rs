@@ -71,16 +71,23 @@ pub enum Operation {
     Accept,
     /// Opening a connection to a server (the client is closed).
     UpstreamConnect,
+    /// Making a pipe for splice (that direction of the connection copies instead).
+    SplicePipe,
 }
 
 impl Operation {
     /// Every operation, in declaration order (`ALL[o as usize] == o`).
-    pub const ALL: [Operation; 2] = [Operation::Accept, Operation::UpstreamConnect];
+    pub const ALL: [Operation; 3] = [
+        Operation::Accept,
+        Operation::UpstreamConnect,
+        Operation::SplicePipe,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::Accept => "accept",
             Operation::UpstreamConnect => "upstream_connect",
+            Operation::SplicePipe => "splice_pipe",
         }
     }
 }

@@ -359,7 +359,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "sniroute_local_resource_errors",
-            "Operations that failed for lack of a local resource, not because of a peer, by operation (accept, upstream_connect) and resource (file_descriptors, memory, local_ports).",
+            "Operations that failed for lack of a local resource, not because of a peer, by operation (accept, upstream_connect, splice_pipe) and resource (file_descriptors, memory, local_ports).",
             MetricType::Counter,
             Operation::ALL.iter().flat_map(|o| {
                 Resource::ALL.iter().map(move |r| {
