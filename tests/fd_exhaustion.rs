@@ -259,3 +259,88 @@ async fn no_pipe_for_splice_copies_that_connection_only() {
         "{failed:?}"
     );
 }
+
+/// The soft and hard `Max open files` of a running process.
+fn nofile_limits(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields[0], fields[1])
+}
+
+/// A soft limit below the hard one is raised to it at start, and said so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_soft_descriptor_limit_is_raised_to_the_hard_one_at_start() {
+    let a = Upstream::start("127.0.0.2", "a", Mode::Hold).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let proxy = Sniroute::start_with(
+        &config(listen, metrics, &[a.addr], ""),
+        Opts {
+            nofile: Some(1024),
+            nofile_soft: Some(256),
+            args: vec!["--no-watch".into()],
+            ..Opts::default()
+        },
+    );
+    assert_eq!(nofile_limits(proxy.child.id()), (1024, 1024));
+    let log = proxy.log();
+    assert!(
+        log.contains("file descriptor limit (RLIMIT_NOFILE) raised from 256 to 1024"),
+        "{log}"
+    );
+}
+
+/// `max_connections` that the descriptor limit cannot hold is warned about at
+/// start and whenever a reload changes it, with the numbers; a value that fits
+/// is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_beyond_the_descriptor_limit_is_warned_at_start_and_reload() {
+    let a = Upstream::start("127.0.0.2", "a", Mode::Hold).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let with_limit = |n: u32| {
+        config(
+            listen,
+            metrics,
+            &[a.addr],
+            &format!("[limits]\nmax_connections = {n}\n"),
+        )
+    };
+    let proxy = Sniroute::start_with(
+        &with_limit(20000),
+        Opts {
+            nofile: Some(256),
+            args: vec!["--no-watch".into()],
+            ..Opts::default()
+        },
+    );
+    proxy.wait_log("relay=splice");
+    let warning = |n: u32, needed: u32, fits: u32| {
+        format!(
+            "limits.max_connections = {n} needs up to {needed} file descriptors \
+             (4 per connection, plus 64), but RLIMIT_NOFILE is 256: past about {fits} \
+             connections new ones will fail; raise LimitNOFILE (ulimit -n) or lower \
+             limits.max_connections"
+        )
+    };
+    proxy.wait_log(&warning(20000, 80064, 48));
+
+    std::fs::write(proxy.path(), with_limit(30000)).unwrap();
+    proxy.signal("HUP");
+    proxy.wait_log(&warning(30000, 120064, 48));
+
+    // 40 connections need 4 × 40 + 64 = 224 descriptors: they fit.
+    std::fs::write(proxy.path(), with_limit(40)).unwrap();
+    proxy.signal("HUP");
+    poll(DEADLINE, || {
+        (proxy.log().matches("config reloaded").count() == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("second reload:\n{}", proxy.log()));
+    let log = proxy.log();
+    assert_eq!(log.matches("needs up to").count(), 2, "{log}");
+}
