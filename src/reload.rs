@@ -26,6 +26,8 @@ use tokio::sync::mpsc;
 use crate::config::{self, Config, ConfigError};
 use crate::listener::{BindError, Listeners};
 use crate::metrics::Metrics;
+use crate::relay::Engine;
+use crate::resources;
 use crate::systemd;
 
 /// Why a reload did not happen; the running config stays.
@@ -131,6 +133,12 @@ impl Reloader {
         }
         if config.metrics != previous.metrics {
             tracing::warn!("[metrics] changes take effect at the next restart");
+        }
+        if config.limits.max_connections != previous.limits.max_connections {
+            resources::check_descriptor_budget(
+                config.limits.max_connections,
+                Engine::detect().descriptors_per_connection(),
+            );
         }
         let diff = Diff::between(&previous, &config);
         self.current.store(Arc::new(config));

@@ -6,6 +6,11 @@
 //! meant for. This module owns telling those errors apart ([`Resource::of`])
 //! so that callers never blame a server or the kernel's features for them,
 //! and their counts (read by the metrics) and throttled log lines.
+//!
+//! It also owns the descriptor limit: the soft `RLIMIT_NOFILE` is raised to
+//! the hard one at start ([`raise_descriptor_limit`]), and a `max_connections`
+//! that the limit cannot hold is warned about ([`check_descriptor_budget`]).
+//! Its `unsafe` is in [`sys`]: `getrlimit` and `setrlimit` on a local struct.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +97,51 @@ impl Operation {
     }
 }
 
+/// Descriptors taken by other things than connections: listeners, the
+/// metrics endpoint and its reserve, the runtime, the log, a few pooled pipes.
+pub const FIXED_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (the most an unprivileged
+/// process may have; the default soft limit, 1024 on most systems, would cap
+/// sniroute at a few hundred connections) and logs what it is now.
+pub fn raise_descriptor_limit() {
+    match sys::raise_nofile() {
+        Ok((before, now)) if before < now => tracing::info!(
+            "file descriptor limit (RLIMIT_NOFILE) raised from {before} to {now}, the hard limit"
+        ),
+        Ok((_, now)) => tracing::info!("file descriptor limit (RLIMIT_NOFILE): {now}"),
+        Err(e) => tracing::warn!("cannot raise the file descriptor limit (RLIMIT_NOFILE): {e}"),
+    }
+}
+
+/// Warns when `max_connections` connections, at `per_connection` descriptors
+/// each, would not fit in the descriptor limit there is now.
+pub fn check_descriptor_budget(max_connections: usize, per_connection: u64) {
+    match sys::nofile() {
+        Ok((soft, _)) => {
+            if let Some(warning) = budget_warning(max_connections as u64, per_connection, soft) {
+                tracing::warn!("{warning}");
+            }
+        }
+        Err(e) => tracing::warn!("cannot read the file descriptor limit (RLIMIT_NOFILE): {e}"),
+    }
+}
+
+fn budget_warning(max_connections: u64, per_connection: u64, limit: u64) -> Option<String> {
+    let needed = max_connections
+        .saturating_mul(per_connection)
+        .saturating_add(FIXED_DESCRIPTORS);
+    (needed > limit).then(|| {
+        let fits = limit.saturating_sub(FIXED_DESCRIPTORS) / per_connection.max(1);
+        format!(
+            "limits.max_connections = {max_connections} needs up to {needed} file descriptors \
+             ({per_connection} per connection, plus {FIXED_DESCRIPTORS}), but RLIMIT_NOFILE is \
+             {limit}: past about {fits} connections new ones will fail; raise LimitNOFILE \
+             (ulimit -n) or lower limits.max_connections"
+        )
+    })
+}
+
 const fn counts() -> [AtomicU64; Resource::ALL.len()] {
     [const { AtomicU64::new(0) }; Resource::ALL.len()]
 }
@@ -115,9 +165,70 @@ pub fn count(operation: Operation, resource: Resource) -> u64 {
     COUNTS[operation as usize][resource as usize].load(Ordering::Relaxed)
 }
 
+mod sys {
+    use std::io;
+
+    /// The soft and hard `RLIMIT_NOFILE`.
+    pub(super) fn nofile() -> io::Result<(u64, u64)> {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `limit` is a valid, writable rlimit that getrlimit fills in.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((limit.rlim_cur, limit.rlim_max))
+    }
+
+    /// Sets the soft `RLIMIT_NOFILE` to the hard one (to `fs.nr_open` if the
+    /// hard one is unlimited: no process may have more); returns the soft limit
+    /// before and after.
+    pub(super) fn raise_nofile() -> io::Result<(u64, u64)> {
+        let (soft, hard) = nofile()?;
+        let target = if hard == libc::RLIM_INFINITY {
+            std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(1 << 20)
+        } else {
+            hard
+        };
+        if soft >= target {
+            return Ok((soft, soft));
+        }
+        let limit = libc::rlimit {
+            rlim_cur: target,
+            rlim_max: hard,
+        };
+        // SAFETY: `limit` is a valid rlimit that setrlimit only reads.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((soft, target))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_is_four_descriptors_per_connection_under_splice_plus_the_fixed_ones() {
+        assert_eq!(budget_warning(20_000, 4, 524_288), None);
+        assert_eq!(budget_warning(131_056, 4, 524_288), None);
+        let warning = budget_warning(131_057, 4, 524_288).unwrap();
+        assert!(
+            warning.starts_with("limits.max_connections = 131057 needs up to 524292 file descriptors (4 per connection, plus 64), but RLIMIT_NOFILE is 524288: past about 131056 connections"),
+            "{warning}"
+        );
+        assert_eq!(budget_warning(100, 2, 264), None);
+        assert!(budget_warning(101, 2, 264).is_some());
+        // A limit below the fixed descriptors fits no connection at all.
+        assert!(budget_warning(1, 4, 10)
+            .unwrap()
+            .contains("past about 0 connections"));
+    }
 
     #[test]
     fn only_local_shortages_are_classified() {

@@ -18,6 +18,7 @@ use crate::listener::{self, BindError, Listeners, Shared};
 use crate::metrics::{endpoint, Metrics};
 use crate::relay::Engine;
 use crate::reload::{Reloader, Trigger, Watcher};
+use crate::resources;
 use crate::shutdown::{self, Phase};
 use crate::systemd;
 
@@ -43,6 +44,7 @@ pub enum ServerError {
 
 /// Serves `config` until SIGTERM/SIGINT and the drain that follows.
 pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
+    resources::raise_descriptor_limit();
     let mut signals = Signals::new().map_err(ServerError::Signals)?;
     let current = Arc::new(ArcSwap::from_pointee(config));
     let connections = Arc::new(Connections::default());
@@ -69,6 +71,10 @@ pub async fn run(config: Config, options: Options) -> Result<(), ServerError> {
              run it as an unprivileged user with that capability (the systemd unit does)"
         );
     }
+    resources::check_descriptor_budget(
+        current.load().limits.max_connections,
+        Engine::detect().descriptors_per_connection(),
+    );
     systemd::ready();
     tracing::info!(
         relay = %Engine::detect().as_str(),

@@ -125,6 +125,17 @@ impl Engine {
         }
     }
 
+    /// File descriptors a relayed connection may hold: its two sockets, and
+    /// under splice a pipe (two ends) while bytes are moving. Both directions
+    /// of one connection busy at the same moment take a second pipe; that is
+    /// rare enough across many connections to leave out of a budget.
+    pub fn descriptors_per_connection(self) -> u64 {
+        match self {
+            Engine::Splice => 4,
+            Engine::Copy => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Engine::Splice => "splice",

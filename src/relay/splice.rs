@@ -9,7 +9,7 @@
 //! for creating pipes. Readiness comes from tokio (`readable` / `writable` and
 //! `try_io`, which clears readiness on `EAGAIN`); every call is non-blocking.
 //!
-//! This is the crate's only `unsafe`, in [`sys`]: three libc calls on file
+//! This module's `unsafe` is in [`sys`]: three libc calls on file
 //! descriptors that this module owns ([`Pipe`]) or borrows from a live
 //! `TcpStream` for the duration of the call.
 
