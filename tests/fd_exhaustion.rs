@@ -344,3 +344,33 @@ async fn max_connections_beyond_the_descriptor_limit_is_warned_at_start_and_relo
     let log = proxy.log();
     assert_eq!(log.matches("needs up to").count(), 2, "{log}");
 }
+
+/// With every descriptor taken by clients, and one more client waiting in the
+/// listen queue, `GET /metrics` still answers, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_while_every_descriptor_is_taken() {
+    let a = Upstream::start("127.0.0.2", "a", Mode::Hold).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let proxy = start(&config(listen, metrics, &[a.addr], ""));
+    let pid = proxy.child.id();
+
+    let held = fill(pid, listen, NOFILE).await;
+    let waiting = TcpStream::connect(listen).await.unwrap();
+    proxy.wait_log("accept failed");
+    for scrape in 1..=3 {
+        let (status, body) = try_scrape(metrics, DEADLINE)
+            .await
+            .unwrap_or_else(|| panic!("scrape {scrape}: no answer:\n{}", proxy.log()));
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        // The waiting client is accepted only if the proxy's accept loop, which
+        // retries, happens to take a descriptor the endpoint freed for a moment.
+        let open = sample(&body, "sniroute_connections_open", &[]).unwrap();
+        let held = held.len() as f64;
+        assert!(
+            open == held || open == held + 1.0,
+            "{open} open, {held} held"
+        );
+    }
+    assert_eq!(fd_count(pid), NOFILE, "still out of descriptors");
+    drop((held, waiting));
+}
