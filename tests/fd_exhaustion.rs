@@ -1,7 +1,8 @@
 //! Running out of file descriptors, through the real binary under a low
 //! `RLIMIT_NOFILE`: what fails is the client that met the shortage, never the
 //! health of the servers, the relay engine of other connections, or the
-//! metrics endpoint.
+//! metrics endpoint. And the limit itself: raised to the hard one at start,
+//! and checked against `max_connections`.
 //!
 //! The descriptors are used up exactly: clients that connect and send nothing
 //! sit in the peek (`timeouts.peek = "1h"`) holding one descriptor each, and
