@@ -3,6 +3,10 @@
 //! Each server of the pool is tried at most once per client (see
 //! [`Pool::next_server`] for the order). A refused, unreachable or timed-out
 //! connect counts against the server's passive health; a success clears it.
+//! A connect that fails for lack of a local resource (no file descriptor, no
+//! memory, no ephemeral port) says nothing about the server: it counts against
+//! none, and the client is given up at once, since every other server would
+//! need the same resource.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -10,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 use crate::pool::{Lease, Pool, Transition};
+use crate::resources::{self, Operation, Resource};
 
 /// An open upstream connection, with the slot it holds on its server.
 pub struct Connected {
@@ -17,13 +22,32 @@ pub struct Connected {
     pub lease: Lease,
 }
 
-/// Every server of the pool failed for this client.
+/// Every server of the pool failed for this client, or a local resource ran out.
 #[derive(Debug, thiserror::Error)]
-#[error("all {attempts} server(s) of pool `{pool}` failed; last error: {last}")]
 pub struct ConnectError {
     pub pool: String,
     pub attempts: usize,
     pub last: io::Error,
+    /// Set when `last` was a local shortage, not a server's failure.
+    pub local: Option<Resource>,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (pool, last) = (&self.pool, &self.last);
+        match self.local {
+            Some(resource) => write!(
+                f,
+                "cannot connect to a server of pool `{pool}`: {}: {last}",
+                resource.advice()
+            ),
+            None => write!(
+                f,
+                "all {} server(s) of pool `{pool}` failed; last error: {last}",
+                self.attempts
+            ),
+        }
+    }
 }
 
 pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected, ConnectError> {
@@ -48,6 +72,19 @@ pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected, Connec
                 return Ok(Connected { stream, lease });
             }
             Err(e) => {
+                if let Some(resource) = Resource::of(&e) {
+                    pool.record_local_failure(server);
+                    if let Some(held_back) = resources::record(Operation::UpstreamConnect, resource)
+                    {
+                        tracing::error!(pool = %pool.name, held_back, error = %e, "{}; closing the client, no server is blamed", resource.advice());
+                    }
+                    return Err(ConnectError {
+                        pool: pool.name.to_string(),
+                        attempts: tried,
+                        last: e,
+                        local: Some(resource),
+                    });
+                }
                 // A server already marked down was only tried because nothing
                 // better was left: its failure is expected, and while a whole
                 // pool is down, one warning per client would flood the log.
@@ -64,5 +101,6 @@ pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected, Connec
         pool: pool.name.to_string(),
         attempts: tried,
         last,
+        local: None,
     })
 }

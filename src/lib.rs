@@ -20,7 +20,9 @@
 //! [`metrics`] serves the metrics and, next to them, [`status`]: the status
 //! page and `/healthz`.
 //! The shared vocabulary sits below all of them, importing none: [`outcome`],
-//! [`throttle`], [`connections`], [`histogram`], [`shutdown`].
+//! [`throttle`], [`connections`], [`histogram`], [`shutdown`], and
+//! [`resources`], which tells local shortages (file descriptors, memory,
+//! ports) from peers' failures.
 //!
 //! This library is the binary's inside, not an API: its documentation is built
 //! with private items (`cargo doc --document-private-items`), where module docs
@@ -45,6 +47,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod reload;
+pub mod resources;
 pub mod route;
 pub mod server;
 pub mod shutdown;

@@ -26,6 +26,7 @@ use crate::connections::Connections;
 use crate::metrics::{ListenerStats, Metrics};
 use crate::outcome::Outcome;
 use crate::proxy::{self, Endpoint};
+use crate::resources::{self, Operation, Resource};
 use crate::shutdown::{Phase, Shutdown};
 use crate::throttle::Throttle;
 
@@ -155,6 +156,10 @@ async fn accept_loop(
                 conn
             }
             Err(e) => {
+                if let Some(resource) = Resource::of(&e) {
+                    // Logged here on every pause; the pauses bound the rate.
+                    let _ = resources::record(Operation::Accept, resource);
+                }
                 tracing::warn!(listener = %bind, error = %e, "accept failed; pausing accept for {backoff:?}");
                 tokio::select! {
                     () = shared.shutdown.reached(Phase::Draining) => break,

@@ -352,7 +352,9 @@ impl<'e> Handler<'e> {
                 (Outcome::NoRoute, true)
             }
             Refusal::Connect(e) => {
-                if let Some(pool) = self.pool {
+                // A local shortage was logged, throttled, where it happened: it
+                // is not this pool's, and would flood one line per pool here.
+                if let (Some(pool), None) = (self.pool, e.local) {
                     if let Some(held_back) = pool.unreachable.admit() {
                         tracing::error!(%client, pool = %e.pool, held_back, "no server reachable: {e}");
                     }

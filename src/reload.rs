@@ -27,6 +27,8 @@ use crate::config::{self, Config, ConfigError};
 use crate::listener::{BindError, Listeners};
 use crate::metrics::Metrics;
 use crate::pool::Registry;
+use crate::relay::Engine;
+use crate::resources;
 use crate::systemd;
 
 /// Why a reload did not happen; the running config stays.
@@ -137,6 +139,12 @@ impl Reloader {
         }
         if config.metrics != previous.metrics {
             tracing::warn!("[metrics] changes take effect at the next restart");
+        }
+        if config.limits.max_connections != previous.limits.max_connections {
+            resources::check_descriptor_budget(
+                config.limits.max_connections,
+                Engine::detect().descriptors_per_connection(),
+            );
         }
         let diff = Diff::between(&previous, &config);
         let config = Arc::new(config);

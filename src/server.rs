@@ -20,6 +20,7 @@ use crate::metrics::{endpoint, Metrics};
 use crate::pool::Registry;
 use crate::relay::Engine;
 use crate::reload::{Reloader, Trigger, Watcher};
+use crate::resources;
 use crate::shutdown::{self, Phase};
 use crate::status::Page;
 use crate::systemd;
@@ -50,6 +51,7 @@ pub async fn run(
     registry: Arc<Registry>,
     options: Options,
 ) -> Result<(), ServerError> {
+    resources::raise_descriptor_limit();
     let mut signals = Signals::new().map_err(ServerError::Signals)?;
     let current = Arc::new(ArcSwap::from_pointee(config));
     let connections = Arc::new(Connections::default());
@@ -83,6 +85,10 @@ pub async fn run(
              run it as an unprivileged user with that capability (the systemd unit does)"
         );
     }
+    resources::check_descriptor_budget(
+        current.load().limits.max_connections,
+        Engine::detect().descriptors_per_connection(),
+    );
     systemd::ready();
     tracing::info!(
         relay = %Engine::detect().as_str(),

@@ -23,6 +23,14 @@ static THROTTLE_EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 impl Throttle {
     pub const INTERVAL: Duration = Duration::from_secs(5);
 
+    /// For statics: the same as `default()`.
+    pub const fn new() -> Throttle {
+        Throttle {
+            last: AtomicU64::new(0),
+            held_back: AtomicU64::new(0),
+        }
+    }
+
     /// `Some(n)` if this occurrence should be logged, `n` being how many were
     /// held back since the last one logged; `None` if it is held back.
     pub fn admit(&self) -> Option<u64> {

@@ -11,8 +11,16 @@
 //! but the runtime, and is bounded so that slow or garbage clients cannot hurt
 //! it or the proxy: at most [`MAX_CLIENTS`] at once (more are closed at once),
 //! [`REQUEST_TIMEOUT`] for the whole exchange, [`MAX_HEAD`] bytes of request.
+//!
+//! It stays reachable while the proxy has used up every file descriptor, which
+//! is when its numbers matter most: it holds a [`Reserve`] of descriptors for
+//! its own clients.
 
-use std::sync::Arc;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use prometheus_client::encoding::prometheus_text;
@@ -21,12 +29,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::Metrics;
+use crate::resources::{Resource, FIXED_DESCRIPTORS};
 use crate::shutdown::{Phase, Shutdown};
 use crate::status::Page;
 
 pub const MAX_CLIENTS: usize = 8;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_HEAD: usize = 8 * 1024;
+/// Descriptors held in reserve; one always stays (see [`Reserve`]), so this
+/// many minus one scrapes can be answered at once while descriptors are out.
+/// Counted in [`FIXED_DESCRIPTORS`].
+pub const RESERVE: usize = 3;
+const _: () = assert!(RESERVE < FIXED_DESCRIPTORS as usize);
+
+/// How long to wait before accepting again when an accept failed and the
+/// reserve could not help.
+const BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves `metrics`, `page` and the health answer on `listener` until the
 /// process exits (the drain included: `shutdown` only changes `/healthz`).
@@ -37,27 +55,138 @@ pub async fn serve(
     shutdown: Shutdown,
 ) {
     let clients = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let reserve = Arc::new(Reserve::default());
     loop {
+        reserve.refill();
         let accepted = listener.accept().await;
-        let Ok((stream, _)) = accepted else {
-            // Out of descriptors, most likely: the proxy matters more; back off.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) if Resource::of(&e) == Some(Resource::FileDescriptors) && reserve.spend() => {
+                // One descriptor is free now, for as long as nothing else takes
+                // it: accept at once, without waiting for a client (the failed
+                // accept does not say one is queued).
+                match try_accept(&listener).await {
+                    Some(Ok(stream)) => stream,
+                    // Nothing queued: take the descriptor back and wait for one.
+                    None => continue,
+                    Some(Err(_)) => {
+                        tokio::time::sleep(BACKOFF).await;
+                        continue;
+                    }
+                }
+            }
+            Err(_) => {
+                tokio::time::sleep(BACKOFF).await;
+                continue;
+            }
         };
         let Ok(permit) = Arc::clone(&clients).try_acquire_owned() else {
             continue; // dropping the stream closes it
         };
         let (metrics, page, shutdown) = (Arc::clone(&metrics), Arc::clone(&page), shutdown.clone());
+        let reserve = Arc::clone(&reserve);
         tokio::spawn(async move {
-            let served = answer(stream, &metrics, &page, &shutdown);
+            let mut stream = stream;
+            let served = answer(&mut stream, &metrics, &page, &shutdown);
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, served).await;
+            reserve.recycle(stream);
             drop(permit);
         });
     }
 }
 
+/// One accept if a client is queued now; `None` if none is.
+async fn try_accept(listener: &TcpListener) -> Option<io::Result<TcpStream>> {
+    std::future::poll_fn(|cx| {
+        Poll::Ready(match listener.poll_accept(cx) {
+            Poll::Ready(accepted) => Some(accepted.map(|(stream, _)| stream)),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Descriptors (on `/dev/null`) held so that the endpoint can accept when the
+/// process has none left: an accept that fails for lack of descriptors closes
+/// one and accepts right away, and once the exchange is over the client's
+/// socket is turned back into a reserve descriptor.
+///
+/// Why a reserve rather than keeping the proxy below the limit: nothing in the
+/// process can keep every descriptor user (accepts, upstream connects, splice
+/// pipes, the runtime) under a line, and the kernel gives a freed descriptor to
+/// whichever call comes first. A reserve is the endpoint's own. Spending one
+/// and accepting are back to back on one task, so the only moment another
+/// thread can take that descriptor is between those two calls; and giving it
+/// back has no such moment at all: `dup3` makes the socket's descriptor number
+/// refer to `/dev/null` in one step (that also closes the socket), instead of
+/// a close followed by an open that anyone could come between. This is why one
+/// reserve descriptor is never spent: it is what the others are duplicated
+/// from.
+#[derive(Debug, Default)]
+struct Reserve {
+    fds: Mutex<Vec<OwnedFd>>,
+}
+
+impl Reserve {
+    fn fds(&self) -> std::sync::MutexGuard<'_, Vec<OwnedFd>> {
+        self.fds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens what is missing, as far as descriptors allow; cheap when full.
+    fn refill(&self) {
+        let mut fds = self.fds();
+        while fds.len() < RESERVE {
+            match File::open("/dev/null") {
+                Ok(file) => fds.push(file.into()),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Closes one descriptor, if one can be spared.
+    fn spend(&self) -> bool {
+        let mut fds = self.fds();
+        fds.len() > 1 && fds.pop().is_some()
+    }
+
+    /// Closes `stream`, turning its descriptor into a reserve one if the
+    /// reserve is short.
+    fn recycle(&self, stream: TcpStream) {
+        let mut fds = self.fds();
+        if fds.len() >= RESERVE {
+            return;
+        }
+        let Some(source) = fds.first() else { return };
+        // Out of tokio's reactor first: the descriptor is about to change file.
+        let Ok(socket) = stream.into_std() else {
+            return;
+        };
+        let fd = OwnedFd::from(socket);
+        if sys::dup_onto(source.as_fd(), &fd).is_ok() {
+            fds.push(fd);
+        }
+    }
+}
+
+mod sys {
+    use super::*;
+
+    /// Makes `target` refer to what `source` refers to, closing what `target`
+    /// referred to before, in one step (`dup3`); `target` keeps its number.
+    pub(super) fn dup_onto(source: BorrowedFd<'_>, target: &OwnedFd) -> io::Result<()> {
+        // SAFETY: both descriptors are open and owned by the caller for the whole
+        // call; dup3 only changes which file `target`'s number refers to, so
+        // `target` still owns exactly one descriptor, closed once on its drop.
+        let r = unsafe { libc::dup3(source.as_raw_fd(), target.as_raw_fd(), libc::O_CLOEXEC) };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 async fn answer(
-    mut stream: TcpStream,
+    stream: &mut TcpStream,
     metrics: &Arc<Metrics>,
     page: &Page,
     shutdown: &Shutdown,

@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::connections::Connections;
 use crate::outcome::Outcome;
 use crate::peek::Reason;
+use crate::resources::{self, Operation, Resource};
 use crate::throttle::Throttle;
 
 /// Counters of one bind address; they live as long as the process, across reloads.
@@ -397,6 +398,21 @@ impl Collector for Metrics {
                 Labels::new(),
                 Sample::Gauge(load(&self.last_good_config) as i64),
             )],
+        )?;
+        family(
+            &mut enc,
+            "sniroute_local_resource_errors",
+            "Operations that failed for lack of a local resource, not because of a peer, by operation (accept, upstream_connect, splice_pipe) and resource (file_descriptors, memory, local_ports).",
+            MetricType::Counter,
+            Operation::ALL.iter().flat_map(|o| {
+                Resource::ALL.iter().map(move |r| {
+                    let labels: Labels = vec![
+                        ("operation", o.as_str().to_owned()),
+                        ("resource", r.as_str().to_owned()),
+                    ];
+                    (labels, Sample::Counter(resources::count(*o, *r)))
+                })
+            }),
         )?;
         family(
             &mut enc,

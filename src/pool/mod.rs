@@ -356,6 +356,16 @@ impl Pool {
         transition
     }
 
+    /// A connect that could not even start for lack of a local resource
+    /// (descriptors, memory, ports): not the server's doing, so not counted
+    /// as an attempt at it either.
+    pub fn record_local_failure(&self, server: &Server) {
+        server
+            .state
+            .connect_attempts
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub fn record_success(&self, server: &Server) {
         if server.state.health.record_success() {
             tracing::info!(pool = %self.name, server = %server.label, "server is up again");

@@ -15,6 +15,7 @@
 //! a row take it down, `rise` successes bring it back. The streaks live in the
 //! server's shared state, so they survive reloads.
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::resources::{self, Operation, Resource};
+
 use super::spec::CheckSpec;
 use super::{Pool, Server};
 
@@ -35,8 +38,15 @@ use super::{Pool, Server};
 /// per batch rather than one per probe.
 const BATCH: Duration = Duration::from_millis(10);
 
-/// What a good probe learned: the certificate's notAfter, for TLS probes.
-type Probed = Result<Option<i64>, String>;
+/// How a probe ended.
+enum Probed {
+    /// With the certificate's notAfter, for TLS probes.
+    Ok(Option<i64>),
+    Failed(String),
+    /// sniroute itself had no descriptor, memory or port for it: says
+    /// nothing about the server, so it counts neither way.
+    Skipped(Resource, io::Error),
+}
 
 /// Probes `pool`'s servers until aborted (by the next reload).
 pub async fn run(pool: Arc<Pool>, check: CheckSpec) {
@@ -86,10 +96,17 @@ pub async fn run(pool: Arc<Pool>, check: CheckSpec) {
 
 fn record(pool: &Pool, check: &CheckSpec, server: &Server, result: Probed) {
     let state = &server.state;
-    let ok = result.is_ok();
+    if let Probed::Skipped(resource, e) = &result {
+        if let Some(held_back) = resources::record(Operation::HealthCheck, *resource) {
+            tracing::error!(pool = %pool.name, server = %server.label, held_back, error = %e, "health check skipped: {}", resource.advice());
+        }
+        return;
+    }
+    let ok = matches!(result, Probed::Ok(_));
     let changed = state.probe.record(ok, check.rise, check.fall);
     match result {
-        Ok(cert) => {
+        Probed::Skipped(..) => {}
+        Probed::Ok(cert) => {
             state.checks_ok.fetch_add(1, Ordering::Relaxed);
             if let Some(not_after) = cert {
                 state.cert_not_after.store(not_after, Ordering::Relaxed);
@@ -98,7 +115,7 @@ fn record(pool: &Pool, check: &CheckSpec, server: &Server, result: Probed) {
                 tracing::info!(pool = %pool.name, server = %server.label, "server is up again: {} health checks in a row passed", check.rise);
             }
         }
-        Err(e) => {
+        Probed::Failed(e) => {
             state.checks_failed.fetch_add(1, Ordering::Relaxed);
             if changed == Some(false) {
                 tracing::warn!(pool = %pool.name, server = %server.label, error = %e, "server marked down: {} health checks in a row failed", check.fall);
@@ -113,43 +130,53 @@ fn record(pool: &Pool, check: &CheckSpec, server: &Server, result: Probed) {
 /// One probe of `addr`, within `timeout`.
 async fn probe(addr: SocketAddr, timeout: Duration, tls: Option<TlsProbe>) -> Probed {
     let attempt = async {
-        let tcp = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        match tls {
-            None => {
-                // Close with a reset: nothing to say, and no TIME_WAIT.
-                socket2::SockRef::from(&tcp)
-                    .set_linger(Some(Duration::ZERO))
-                    .ok();
-                Ok(None)
+        let tcp = match TcpStream::connect(addr).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                return match Resource::of(&e) {
+                    Some(resource) => Probed::Skipped(resource, e),
+                    None => Probed::Failed(format!("connect: {e}")),
+                }
             }
-            Some(tls) => {
-                let connector = tokio_rustls::TlsConnector::from(tls.config);
-                let mut stream = connector
-                    .connect(tls.sni, tcp)
-                    .await
-                    .map_err(|e| format!("TLS handshake: {e}"))?;
-                let not_after = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|chain| chain.first())
-                    .ok_or_else(|| "TLS handshake: the server sent no certificate".to_owned())
-                    .and_then(|leaf| not_after(leaf))?;
-                // close_notify, so the server logs a clean close, not a reset.
-                let _ = stream.shutdown().await;
-                Ok(Some(not_after))
-            }
+        };
+        let Some(tls) = tls else {
+            // Close with a reset: nothing to say, and no TIME_WAIT.
+            socket2::SockRef::from(&tcp)
+                .set_linger(Some(Duration::ZERO))
+                .ok();
+            return Probed::Ok(None);
+        };
+        match handshake(tcp, tls).await {
+            Ok(not_after) => Probed::Ok(Some(not_after)),
+            Err(e) => Probed::Failed(e),
         }
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
-        Err(_) => Err(format!(
+        Err(_) => Probed::Failed(format!(
             "timed out after {}",
             humantime::format_duration(timeout)
         )),
     }
+}
+
+/// A TLS handshake on `tcp`; the leaf certificate's notAfter.
+async fn handshake(tcp: TcpStream, tls: TlsProbe) -> Result<i64, String> {
+    let connector = tokio_rustls::TlsConnector::from(tls.config);
+    let mut stream = connector
+        .connect(tls.sni, tcp)
+        .await
+        .map_err(|e| format!("TLS handshake: {e}"))?;
+    let not_after = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or_else(|| "TLS handshake: the server sent no certificate".to_owned())
+        .and_then(not_after)?;
+    // close_notify, so the server logs a clean close, not a reset.
+    let _ = stream.shutdown().await;
+    Ok(not_after)
 }
 
 /// The notAfter of a DER certificate, as Unix seconds.

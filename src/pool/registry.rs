@@ -106,7 +106,9 @@ fn start_health_thread() -> Option<Handle> {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!("cannot start the health-check runtime; no health checks or DNS refresh: {e}");
+            tracing::error!(
+                "cannot start the health-check runtime; no health checks or DNS refresh: {e}"
+            );
             return None;
         }
     };
@@ -117,7 +119,9 @@ fn start_health_thread() -> Option<Handle> {
     match started {
         Ok(_) => Some(handle),
         Err(e) => {
-            tracing::error!("cannot start the health-check thread; no health checks or DNS refresh: {e}");
+            tracing::error!(
+                "cannot start the health-check thread; no health checks or DNS refresh: {e}"
+            );
             None
         }
     }

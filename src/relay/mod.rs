@@ -13,7 +13,10 @@
 //! full buffer: for a few hundred bytes of handshake, one read and one write are
 //! cheaper than two splices and a pipe (measured: +16% CPU per short connection
 //! when splicing everything). A direction falls back to copy if splice is
-//! refused before it moved any byte. Neither holds a buffer while a connection is idle: copy allocates its
+//! refused before it moved any byte, and for good: the process copies from
+//! then on. A pipe that cannot be made for lack of descriptors or memory is no
+//! refusal: only that direction of that connection copies, to its end.
+//! Neither holds a buffer while a connection is idle: copy allocates its
 //! buffer when the socket turns readable and frees it when the socket runs dry;
 //! splice takes a pipe from a small pool at the same moment and gives it back.
 
@@ -26,6 +29,8 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::resources::{self, Operation};
 
 /// How a relay ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +122,17 @@ impl Engine {
                 );
                 engine
             }
+        }
+    }
+
+    /// File descriptors a relayed connection may hold: its two sockets, and
+    /// under splice a pipe (two ends) while bytes are moving. Both directions
+    /// of one connection busy at the same moment take a second pipe; that is
+    /// rare enough across many connections to leave out of a budget.
+    pub fn descriptors_per_connection(self) -> u64 {
+        match self {
+            Engine::Splice => 4,
+            Engine::Copy => 2,
         }
     }
 
@@ -215,6 +231,17 @@ impl Direction<'_> {
         match splice::run(self).await {
             Ok(()) => Ok(()),
             Err(splice::Error::Broken(broken)) => Err(broken),
+            Err(splice::Error::NoPipe(resource)) => {
+                // The pipe is empty and nothing is read: copy takes over cleanly.
+                if let Some(held_back) = resources::record(Operation::SplicePipe, resource) {
+                    tracing::warn!(
+                        held_back,
+                        "no pipe for splice(2): {}; this connection copies instead",
+                        resource.advice()
+                    );
+                }
+                copy::run(self, false).await.map(drop)
+            }
             Err(splice::Error::Unsupported) => {
                 // Splice moved nothing and copy holds nothing: copy takes over cleanly.
                 ENGINE.store(COPY, Ordering::Relaxed);

@@ -9,7 +9,7 @@
 //! for creating pipes. Readiness comes from tokio (`readable` / `writable` and
 //! `try_io`, which clears readiness on `EAGAIN`); every call is non-blocking.
 //!
-//! This is the crate's only `unsafe`, in [`sys`]: three libc calls on file
+//! This module's `unsafe` is in [`sys`]: three libc calls on file
 //! descriptors that this module owns ([`Pipe`]) or borrows from a live
 //! `TcpStream` for the duration of the call.
 
@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::Interest;
 
 use super::{Broken, Direction};
+use crate::resources::Resource;
 
 /// The capacity asked for each pipe. Larger than the kernel's default of 64 KiB:
 /// fewer, larger splices per byte. Measured with the bulk case of the compare
@@ -44,13 +45,26 @@ pub(super) enum Error {
     /// The kernel refused splice for these descriptors before any byte moved:
     /// the caller may fall back to copying.
     Unsupported,
+    /// No pipe could be made for lack of `Resource`, with the pipe empty and
+    /// nothing read: the caller may copy instead. Says nothing about splice
+    /// support: the shortage passes, and other connections are unaffected.
+    NoPipe(Resource),
     /// An I/O error: the relay ends.
     Broken(Broken),
 }
 
 /// Whether this kernel has splice and pipes we can use (one probe, at start).
+/// A shortage of descriptors or memory at that moment proves nothing either
+/// way: splice is assumed, and each connection copies while pipes are short.
 pub(super) fn supported() -> bool {
-    cfg!(target_os = "linux") && Pipe::new().map(give_back).is_ok()
+    cfg!(target_os = "linux")
+        && match Pipe::new() {
+            Ok(pipe) => {
+                give_back(pipe);
+                true
+            }
+            Err(e) => Resource::of(&e).is_some(),
+        }
 }
 
 /// A non-blocking pipe, closed on drop.
@@ -134,7 +148,10 @@ pub(super) async fn run(d: &Direction<'_>) -> Result<(), Error> {
             .readable()
             .await
             .map_err(|e| Error::Broken(d.read_failed(&e)))?;
-        let pipe = take().map_err(|_| Error::Unsupported)?;
+        let pipe = take().map_err(|e| match Resource::of(&e) {
+            Some(resource) => Error::NoPipe(resource),
+            None => Error::Unsupported,
+        })?;
         // Move bytes until the source runs dry; the pipe is empty whenever this
         // returns, except on an error, when it is dropped (closed) instead.
         match burst(d, &pipe, from, to, &mut moved_any).await {

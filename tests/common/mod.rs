@@ -63,8 +63,10 @@ pub fn capture(output: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>
 /// How to start the binary, beyond its config.
 #[derive(Default)]
 pub struct Opts {
-    /// Lower `RLIMIT_NOFILE` to this.
+    /// Lower `RLIMIT_NOFILE` to this (soft and hard).
     pub nofile: Option<u32>,
+    /// With `nofile` (the hard limit): a lower soft limit.
+    pub nofile_soft: Option<u32>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
 }
@@ -95,10 +97,14 @@ impl Sniroute {
         let mut command = match opts.nofile {
             None => Command::new(env!("CARGO_BIN_EXE_sniroute")),
             Some(n) => {
-                // Lower RLIMIT_NOFILE through the shell's `ulimit`, then exec.
+                // Lower RLIMIT_NOFILE through the shell's `ulimit` (without -S or
+                // -H it sets both), then exec.
+                let soft = opts
+                    .nofile_soft
+                    .map_or(String::new(), |s| format!(" && ulimit -S -n {s}"));
                 let mut c = Command::new("sh");
                 c.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(format!("ulimit -n {n}{soft} && exec \"$0\" \"$@\""))
                     .arg(env!("CARGO_BIN_EXE_sniroute"));
                 c
             }
