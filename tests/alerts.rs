@@ -13,7 +13,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -138,17 +138,6 @@ fn scrape() -> String {
             .then_some(body)
     })
     .expect("no certificate gauge after 10s of TLS health checks")
-}
-
-/// The body of `GET /metrics` on `addr`.
-fn get_metrics(addr: std::net::SocketAddr) -> String {
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    c.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    body.to_owned()
 }
 
 #[test]

@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,14 +34,6 @@ impl Drop for Namespaced {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn scrape(metrics: SocketAddr) -> String {
-    let mut c = std::net::TcpStream::connect(metrics).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    c.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// An echo server on `ip:port` that counts its connections.
@@ -127,7 +117,7 @@ async fn names_are_resolved_again_new_addresses_join_gone_ones_drain_failures_ke
     assert_eq!((*old.lock().unwrap(), *new.lock().unwrap()), (1, 3));
     // The connection to the address that left goes on, and is still counted.
     roundtrip(&mut held, b"still here").await;
-    let text = scrape(metrics);
+    let text = get_metrics(metrics);
     let leaving =
         format!("sniroute_server_active_connections{{pool=\"p\",server=\"127.0.0.2:{port}\"}} 1");
     assert!(text.contains(&leaving), "{text}");
@@ -138,7 +128,7 @@ async fn names_are_resolved_again_new_addresses_join_gone_ones_drain_failures_ke
     let mut c = TcpStream::connect(listen).await.unwrap();
     roundtrip(&mut c, b"kept").await;
     assert_eq!(*new.lock().unwrap(), 4);
-    let text = scrape(metrics);
+    let text = get_metrics(metrics);
     let failures = text
         .lines()
         .find_map(|l| l.strip_prefix("sniroute_dns_lookup_failures_total{pool=\"p\"} "))
@@ -149,7 +139,7 @@ async fn names_are_resolved_again_new_addresses_join_gone_ones_drain_failures_ke
     // Once the last connection to the old address ends, it leaves the metrics.
     drop(held);
     poll(Duration::from_secs(10), || {
-        (!scrape(metrics).contains(&format!("server=\"127.0.0.2:{port}\""))).then_some(())
+        (!get_metrics(metrics).contains(&format!("server=\"127.0.0.2:{port}\""))).then_some(())
     })
     .expect("the drained address stayed listed after its last connection ended");
 }

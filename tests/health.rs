@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,35 +12,9 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// `GET /metrics` → the exposition text.
-fn scrape(metrics: SocketAddr) -> String {
-    let mut c = std::net::TcpStream::connect(metrics).unwrap();
-    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut response = String::new();
-    c.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    body.to_owned()
-}
-
-/// The value of sample `name` whose labels include every one of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        let (labels_text, value) = match rest.strip_prefix('{') {
-            Some(r) => r.split_once("} ")?,
-            None => ("", rest.strip_prefix(' ')?),
-        };
-        labels
-            .iter()
-            .all(|(k, v)| labels_text.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.trim().parse().ok())?
-    })
-}
-
 fn server_up(metrics: SocketAddr, server: SocketAddr) -> Option<f64> {
-    sample(
-        &scrape(metrics),
+    metric(
+        &get_metrics(metrics),
         "sniroute_server_up",
         &[("server", &server.to_string())],
     )
@@ -53,6 +26,15 @@ fn wait_up(metrics: SocketAddr, server: SocketAddr, want: f64) {
         (server_up(metrics, server) == Some(want)).then_some(())
     })
     .unwrap_or_else(|| panic!("{server} never had sniroute_server_up {want}"));
+}
+
+/// A client through the proxy to an echo server, one byte there and back.
+async fn echoed(proxy: SocketAddr) -> TcpStream {
+    let mut c = TcpStream::connect(proxy).await.unwrap();
+    c.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    c.read_exact(&mut one).await.unwrap();
+    c
 }
 
 fn config(listen: SocketAddr, metrics: SocketAddr, upstream: &str) -> String {
@@ -89,8 +71,8 @@ async fn probes_find_a_dead_server_before_any_client_and_bring_it_back() {
     proxy.wait_log("server marked down: 2 health checks in a row failed");
     wait_up(metrics, dead, 0.0);
     assert_eq!(server_up(metrics, good.addr), Some(1.0));
-    let text = scrape(metrics);
-    let fails = sample(
+    let text = get_metrics(metrics);
+    let fails = metric(
         &text,
         "sniroute_health_checks_total",
         &[("server", &dead.to_string()), ("result", "fail")],
@@ -98,7 +80,7 @@ async fn probes_find_a_dead_server_before_any_client_and_bring_it_back() {
     .unwrap();
     assert!(fails >= 2.0, "{fails}");
     assert!(
-        sample(
+        metric(
             &text,
             "sniroute_health_checks_total",
             &[("server", &good.addr.to_string()), ("result", "ok")],
@@ -108,7 +90,7 @@ async fn probes_find_a_dead_server_before_any_client_and_bring_it_back() {
     );
     // max_fails = 0: only the probes can have found it. No client tried it.
     assert_eq!(
-        sample(
+        metric(
             &text,
             "sniroute_server_connect_attempts_total",
             &[("server", &dead.to_string())]
@@ -220,8 +202,8 @@ async fn a_servers_probe_state_survives_a_reload() {
     };
     let proxy = Sniroute::start(&config(listen, metrics, &upstream("100ms")));
     wait_up(metrics, dead, 0.0);
-    let fails_before = sample(
-        &scrape(metrics),
+    let fails_before = metric(
+        &get_metrics(metrics),
         "sniroute_health_checks_total",
         &[("server", &dead.to_string()), ("result", "fail")],
     )
@@ -236,9 +218,9 @@ async fn a_servers_probe_state_survives_a_reload() {
     .unwrap();
     proxy.signal("HUP");
     proxy.wait_log("config reloaded");
-    let text = scrape(metrics);
+    let text = get_metrics(metrics);
     assert_eq!(
-        sample(
+        metric(
             &text,
             "sniroute_server_up",
             &[("server", &dead.to_string())]
@@ -247,7 +229,7 @@ async fn a_servers_probe_state_survives_a_reload() {
         "probe state lost at reload"
     );
     assert!(
-        sample(
+        metric(
             &text,
             "sniroute_health_checks_total",
             &[("server", &dead.to_string()), ("result", "fail")],
@@ -332,8 +314,8 @@ async fn tls_probes_send_the_sni_read_the_certificate_expiry_and_find_a_server_t
     wait_up(metrics, plain.addr, 0.0);
     wait_up(metrics, wrong_name, 0.0);
     let text = poll(Duration::from_secs(10), || {
-        let text = scrape(metrics);
-        sample(
+        let text = get_metrics(metrics);
+        metric(
             &text,
             "sniroute_server_certificate_not_after_seconds",
             &[("server", &tls.to_string())],
@@ -342,7 +324,7 @@ async fn tls_probes_send_the_sni_read_the_certificate_expiry_and_find_a_server_t
     })
     .expect("no certificate expiry exported");
     assert_eq!(
-        sample(
+        metric(
             &text,
             "sniroute_server_certificate_not_after_seconds",
             &[("pool", "p"), ("server", &tls.to_string())],
@@ -352,7 +334,7 @@ async fn tls_probes_send_the_sni_read_the_certificate_expiry_and_find_a_server_t
     assert_eq!(server_up(metrics, tls), Some(1.0));
     for down in [wrong_name, plain.addr] {
         assert_eq!(
-            sample(
+            metric(
                 &text,
                 "sniroute_server_certificate_not_after_seconds",
                 &[("server", &down.to_string())],
@@ -384,11 +366,7 @@ async fn a_drained_server_takes_no_new_connections_and_open_ones_go_on() {
     // Hold one connection on each server.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = TcpStream::connect(listen).await.unwrap();
-        c.write_all(b"x").await.unwrap();
-        let mut one = [0u8; 1];
-        c.read_exact(&mut one).await.unwrap();
-        held.push(c);
+        held.push(echoed(listen).await);
     }
     eventually("one connection on each server", || {
         a.open() == 1 && b.open() == 1
@@ -399,10 +377,7 @@ async fn a_drained_server_takes_no_new_connections_and_open_ones_go_on() {
     proxy.signal("HUP");
     proxy.wait_log("config reloaded");
     for _ in 0..6 {
-        let mut c = TcpStream::connect(listen).await.unwrap();
-        c.write_all(b"y").await.unwrap();
-        let mut one = [0u8; 1];
-        c.read_exact(&mut one).await.unwrap();
+        echoed(listen).await;
     }
     assert_eq!(a.accepted(), 1, "the drained server got a new connection");
     assert_eq!(b.accepted(), 7);
@@ -451,7 +426,7 @@ async fn after_fail_timeout_one_client_retries_a_down_server_the_others_do_not_w
         good.addr
     ));
     let attempts = |text: &str| {
-        sample(
+        metric(
             text,
             "sniroute_server_connect_attempts_total",
             &[("server", &hole.to_string())],
@@ -461,23 +436,15 @@ async fn after_fail_timeout_one_client_retries_a_down_server_the_others_do_not_w
     // Clients until one has tried the hole and timed out: it is down now.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut c = TcpStream::connect(listen).await.unwrap();
-        c.write_all(b"x").await.unwrap();
-        let mut one = [0u8; 1];
-        c.read_exact(&mut one).await.unwrap();
-        held.push(c);
+        held.push(echoed(listen).await);
     }
     wait_up(metrics, hole, 0.0);
     // More open connections on the good server, so least_conn alone would send
     // every new client to the hole once its fail_timeout is over.
     for _ in 0..2 {
-        let mut c = TcpStream::connect(listen).await.unwrap();
-        c.write_all(b"x").await.unwrap();
-        let mut one = [0u8; 1];
-        c.read_exact(&mut one).await.unwrap();
-        held.push(c);
+        held.push(echoed(listen).await);
     }
-    let before = attempts(&scrape(metrics));
+    let before = attempts(&get_metrics(metrics));
     assert_eq!(before, 1.0);
     poll(Duration::from_secs(5), || {
         (server_up(metrics, hole) == Some(1.0)).then_some(())
@@ -489,10 +456,7 @@ async fn after_fail_timeout_one_client_retries_a_down_server_the_others_do_not_w
         .map(|_| {
             tokio::spawn(async move {
                 let t = Instant::now();
-                let mut c = TcpStream::connect(listen).await.unwrap();
-                c.write_all(b"x").await.unwrap();
-                let mut one = [0u8; 1];
-                c.read_exact(&mut one).await.unwrap();
+                let c = echoed(listen).await;
                 (t.elapsed(), c)
             })
         })
@@ -504,7 +468,7 @@ async fn after_fail_timeout_one_client_retries_a_down_server_the_others_do_not_w
         held.push(c);
     }
     assert_eq!(
-        attempts(&scrape(metrics)) - before,
+        attempts(&get_metrics(metrics)) - before,
         1.0,
         "exactly one client retried the server that was down"
     );

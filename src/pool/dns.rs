@@ -10,9 +10,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::registry::members;
 use super::spec::Host;
-use super::Pool;
+use super::{Members, Pool};
 
 /// Refreshes `pool`'s names until aborted (by the next reload).
 pub async fn run(pool: Arc<Pool>) {
@@ -69,7 +68,7 @@ pub async fn run(pool: Arc<Pool>) {
         if changed || old.leaving.iter().any(|s| s.active() == 0) {
             let addrs: Vec<&[SocketAddr]> = known.iter().map(Vec::as_slice).collect();
             pool.members
-                .store(Arc::new(members(&pool.spec, &addrs, Some(&old))));
+                .store(Arc::new(Members::build(&pool.spec, &addrs, Some(&old))));
         }
     }
 }

@@ -198,6 +198,39 @@ impl Members {
         }
     }
 
+    /// The members for `spec` with `addrs[i]` the addresses of its `i`th server
+    /// entry: each server keeps the state it has in `old`, if any; servers of
+    /// `old` left out that still have connections open are listed as leaving
+    /// until those end.
+    fn build(spec: &PoolSpec, addrs: &[&[SocketAddr]], old: Option<&Members>) -> Members {
+        let mut servers: Vec<Arc<Server>> = Vec::new();
+        for (s, addrs) in spec.servers.iter().zip(addrs) {
+            for &addr in *addrs {
+                if servers.iter().any(|known| known.addr == addr) {
+                    continue; // two names for one address: the config check rejects it at load
+                }
+                let state = old.and_then(|m| m.find(addr)).map(|known| known.state());
+                servers.push(Arc::new(Server {
+                    addr,
+                    label: s.host.label(addr),
+                    weight: s.weight,
+                    backup: s.backup,
+                    drain: s.drain,
+                    state: state.unwrap_or_default(),
+                }));
+            }
+        }
+        let leaving = old.map_or_else(Vec::new, |old| {
+            old.servers
+                .iter()
+                .chain(&old.leaving)
+                .filter(|s| s.active() > 0 && !servers.iter().any(|n| n.addr == s.addr))
+                .cloned()
+                .collect()
+        });
+        Members::new(servers, leaving)
+    }
+
     /// Every server with this address, staying or leaving.
     fn find(&self, addr: SocketAddr) -> Option<&Arc<Server>> {
         self.servers

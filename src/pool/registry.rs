@@ -2,7 +2,7 @@
 //!
 //! Health is state that outlives a config: the config only describes pools
 //! ([`PoolSpec`]); the registry builds the live [`Pool`] for each, handing every
-//! server the [`ServerState`] that the same (pool, address) had in the running
+//! server the [`ServerState`](super::ServerState) that the same (pool, address) had in the running
 //! generation, so active counts, health, probe streaks and certificate facts
 //! carry over a reload. It also owns what keeps pools current between reloads:
 //! one probe task per pool with a `health_check`, one DNS task per pool with
@@ -10,16 +10,15 @@
 //! read the same pools.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use arc_swap::ArcSwap;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-use std::net::SocketAddr;
-
 use super::spec::{Host, PoolSpec};
-use super::{dns, probe, Members, Pool, Server};
+use super::{dns, probe, Members, Pool};
 use crate::throttle::Throttle;
 
 /// The running generation's pools and their background tasks.
@@ -44,7 +43,7 @@ impl Registry {
         let running = self.lock();
         let old = running.pools.get(&spec.name).map(|p| p.members());
         let addrs: Vec<&[SocketAddr]> = spec.servers.iter().map(|s| &s.addrs[..]).collect();
-        let members = members(&spec, &addrs, old.as_deref());
+        let members = Members::build(&spec, &addrs, old.as_deref());
         let durations = running
             .pools
             .get(&spec.name)
@@ -133,37 +132,4 @@ impl Drop for Registry {
             task.abort();
         }
     }
-}
-
-/// The members for `spec` with `addrs[i]` the addresses of its `i`th server
-/// entry: each server keeps the state it has in `old`, if any; servers of
-/// `old` left out that still have connections open are listed as leaving
-/// until those end.
-pub(super) fn members(spec: &PoolSpec, addrs: &[&[SocketAddr]], old: Option<&Members>) -> Members {
-    let mut servers: Vec<Arc<Server>> = Vec::new();
-    for (s, addrs) in spec.servers.iter().zip(addrs) {
-        for &addr in *addrs {
-            if servers.iter().any(|known| known.addr == addr) {
-                continue; // two names for one address: the config check rejects it at load
-            }
-            let state = old.and_then(|m| m.find(addr)).map(|known| known.state());
-            servers.push(Arc::new(Server {
-                addr,
-                label: s.host.label(addr),
-                weight: s.weight,
-                backup: s.backup,
-                drain: s.drain,
-                state: state.unwrap_or_default(),
-            }));
-        }
-    }
-    let leaving = old.map_or_else(Vec::new, |old| {
-        old.servers
-            .iter()
-            .chain(&old.leaving)
-            .filter(|s| s.active() > 0 && !servers.iter().any(|n| n.addr == s.addr))
-            .cloned()
-            .collect()
-    });
-    Members::new(servers, leaving)
 }

@@ -18,6 +18,36 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
+/// The body of `GET /metrics` on `addr`, which must answer 200.
+#[allow(dead_code)] // not every test binary scrapes
+pub fn get_metrics(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    c.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    body.to_owned()
+}
+
+/// The value of sample `name` in a scrape whose labels include every one of
+/// `labels`.
+#[allow(dead_code)] // not every test binary scrapes
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        let (labels_text, value) = match rest.strip_prefix('{') {
+            Some(r) => r.split_once("} ")?,
+            None => ("", rest.strip_prefix(' ')?),
+        };
+        labels
+            .iter()
+            .all(|(k, v)| labels_text.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 /// A free TCP port on `ip` (bound then released; loopback, so no one else races us).
 pub fn free_port(ip: &str) -> u16 {
     StdListener::bind((ip, 0))
