@@ -158,7 +158,7 @@ pub fn collect(config: &Config, process: &Process, now: Instant) -> StatusView {
         .map(|pool| {
             let members = pool.members();
             let staying = members.servers.iter().map(|s| (s, false));
-            let leaving = members.leaving.iter().map(|s| (s, true));
+            let leaving = members.leaving().map(|s| (s, true));
             PoolView {
                 name: pool.name.to_string(),
                 balance: pool.balance().as_str().to_owned(),

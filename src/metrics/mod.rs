@@ -265,7 +265,7 @@ impl Collector for Metrics {
                 members
                     .servers
                     .iter()
-                    .chain(&members.leaving)
+                    .chain(members.leaving())
                     .map(|s| {
                         (
                             vec![("pool", p.name.to_string()), ("server", s.addr.to_string())],

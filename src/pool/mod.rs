@@ -182,8 +182,9 @@ impl Server {
 pub struct Members {
     /// The servers new connections may go to (drained ones included, skipped).
     pub servers: Vec<Arc<Server>>,
-    /// Addresses a DNS refresh dropped that still have open connections.
-    pub leaving: Vec<Arc<Server>>,
+    /// Servers that left (DNS or a reload) with connections open then;
+    /// see [`leaving`](Self::leaving).
+    leaving: Vec<Arc<Server>>,
     /// Smooth weighted round-robin scores, one per server.
     scores: Box<[AtomicI64]>,
 }
@@ -229,6 +230,12 @@ impl Members {
                 .collect()
         });
         Members::new(servers, leaving)
+    }
+
+    /// Servers that left the pool (gone from DNS, or from the config at a
+    /// reload) and still have connections open: listed until those end.
+    pub fn leaving(&self) -> impl Iterator<Item = &Arc<Server>> {
+        self.leaving.iter().filter(|s| s.active() > 0)
     }
 
     /// Every server with this address, staying or leaving.
