@@ -180,7 +180,11 @@ async fn probes_of_100_servers_are_spread_over_the_interval() {
         "a 100 ms slot got {busiest} probes (share: {}): {slots:?}",
         SERVERS / 10
     );
-    assert_eq!(slots.len(), 20, "probes in every slot: {slots:?}");
+    let total: usize = slots.values().sum();
+    assert!(
+        (150..=250).contains(&total),
+        "{total} probes in two intervals of 100 servers: {slots:?}"
+    );
     // Each server once per interval (a probe at a slot's edge may land either side).
     assert!(
         per_server.iter().all(|&n| (1..=3).contains(&n)),
