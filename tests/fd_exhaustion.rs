@@ -381,8 +381,8 @@ async fn metrics_answer_while_every_descriptor_is_taken() {
     drop((held, waiting));
 }
 
-/// Health checks that cannot get a descriptor are skipped, not failed: with
-/// `fall = 1`, one counted as a failure would take its server down.
+/// Health checks that cannot get a descriptor are skipped, not failed: three
+/// in a row counted as failures would take their server down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_skips_health_checks_without_failing_servers() {
     let a = Upstream::start("127.0.0.2", "a", Mode::Hold).await;
@@ -392,7 +392,7 @@ async fn out_of_descriptors_skips_health_checks_without_failing_servers() {
         listen,
         metrics,
         &[a.addr, b.addr],
-        "[upstreams.p.health_check]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nfall = 1\nrise = 1\n",
+        "[upstreams.p.health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 3\nrise = 1\n",
     ));
     let pid = proxy.child.id();
     // Probes hold a descriptor for a moment each, so the count wobbles: keep

@@ -64,7 +64,7 @@ async fn probes_find_a_dead_server_before_any_client_and_bring_it_back() {
         metrics,
         &format!(
             "[upstreams.p]\nservers = [\"{}\", \"{dead}\"]\nmax_fails = 0\n\
-             [upstreams.p.health_check]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nfall = 2\nrise = 2\n",
+             [upstreams.p.health_check]\ninterval = \"200ms\"\ntimeout = \"200ms\"\nfall = 2\nrise = 2\n",
             good.addr
         ),
     ));
@@ -200,7 +200,7 @@ async fn a_servers_probe_state_survives_a_reload() {
     let upstream = |interval: &str| {
         format!(
             "[upstreams.p]\nservers = [\"{}\", \"{dead}\"]\nmax_fails = 0\n\
-             [upstreams.p.health_check]\ninterval = \"{interval}\"\ntimeout = \"50ms\"\nfall = 1\nrise = 3\n",
+             [upstreams.p.health_check]\ninterval = \"{interval}\"\ntimeout = \"100ms\"\nfall = 1\nrise = 3\n",
             good.addr
         )
     };
@@ -217,7 +217,7 @@ async fn a_servers_probe_state_survives_a_reload() {
     // servers start) for the whole first interval after the reload.
     std::fs::write(
         proxy.path(),
-        config(listen, metrics, &upstream("30s")).replace("timeout = \"50ms\"", "timeout = \"1s\""),
+        config(listen, metrics, &upstream("30s")).replace("timeout = \"100ms\"", "timeout = \"1s\""),
     )
     .unwrap();
     proxy.signal("HUP");
@@ -311,7 +311,7 @@ async fn tls_probes_send_the_sni_read_the_certificate_expiry_and_find_a_server_t
         "[metrics]\nbind = \"{metrics}\"\n\
          [[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\ndefault = \"p\"\n\
          [upstreams.p]\nservers = [\"{tls}\", \"{wrong_name}\", \"{}\"]\n\
-         [upstreams.p.health_check]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nfall = 1\nrise = 1\n\
+         [upstreams.p.health_check]\ninterval = \"500ms\"\ntimeout = \"500ms\"\nfall = 2\nrise = 1\n\
          tls_sni = \"apps.example.com\"\n",
         plain.addr
     ));
