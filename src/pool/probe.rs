@@ -8,9 +8,11 @@
 //! connect, and a reload (which restarts the task) causes no burst either.
 //! Probes run as futures inside the task, not as tasks of their own, and the
 //! tasks run on a thread of their own (see the registry), so probing never
-//! wakes the proxy's workers. A probe is a TCP connect, closed at once with a reset (no TIME_WAIT
-//! left behind on either side), or with `tls_sni` a full TLS handshake that
-//! also records the notAfter of the server's leaf certificate. Results feed
+//! wakes the proxy's workers.
+//!
+//! A probe is a TCP connect, closed at once with a reset (no TIME_WAIT left
+//! behind on either side), or with `tls_sni` a full TLS handshake that also
+//! records the notAfter of the server's leaf certificate. Results feed
 //! the server's [`ProbeHealth`](super::health::ProbeHealth): `fall` failures in
 //! a row take it down, `rise` successes bring it back. The streaks live in the
 //! server's shared state, so they survive reloads.
@@ -29,10 +31,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::resources::{self, Operation, Resource};
-
 use super::spec::CheckSpec;
 use super::{Pool, Server};
+use crate::resources::{self, Operation, Resource};
 
 /// Probes due within this long of each other start together: one wake-up
 /// per batch rather than one per probe.
