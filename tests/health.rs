@@ -217,7 +217,8 @@ async fn a_servers_probe_state_survives_a_reload() {
     // servers start) for the whole first interval after the reload.
     std::fs::write(
         proxy.path(),
-        config(listen, metrics, &upstream("30s")).replace("timeout = \"100ms\"", "timeout = \"1s\""),
+        config(listen, metrics, &upstream("30s"))
+            .replace("timeout = \"100ms\"", "timeout = \"1s\""),
     )
     .unwrap();
     proxy.signal("HUP");
