@@ -21,8 +21,6 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SERVERS: usize = 1000;
@@ -55,12 +53,13 @@ fn main() {
         }
         let m = measure(&servers, prober, warmup, window);
         println!(
-            "{name:<22} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>9.0}",
+            "{name:<22} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>9}",
             m.user,
             m.sys,
             m.total(),
             m.peak_rss_mb,
             m.checks_per_second
+                .map_or("-".to_owned(), |c| format!("{c:.0}"))
         );
         results.push(m);
     }
@@ -99,7 +98,6 @@ fn on_path(tool: &str) -> bool {
 
 struct Servers {
     addrs: Vec<SocketAddr>,
-    accepted: Arc<AtomicU64>,
 }
 
 /// 1,000 listeners served by one thread with a small runtime of its own.
@@ -111,8 +109,6 @@ fn start_servers() -> Servers {
         .iter()
         .map(|l| l.local_addr().expect("local addr"))
         .collect();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let count = Arc::clone(&accepted);
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -122,10 +118,8 @@ fn start_servers() -> Servers {
             for l in listeners {
                 l.set_nonblocking(true).expect("nonblocking");
                 let l = tokio::net::TcpListener::from_std(l).expect("tokio listener");
-                let count = Arc::clone(&count);
                 tokio::spawn(async move {
                     while let Ok((s, _)) = l.accept().await {
-                        count.fetch_add(1, Ordering::Relaxed);
                         drop(s);
                     }
                 });
@@ -133,7 +127,7 @@ fn start_servers() -> Servers {
             std::future::pending::<()>().await;
         });
     });
-    Servers { addrs, accepted }
+    Servers { addrs }
 }
 
 /// CPU as a percentage of one core.
@@ -141,7 +135,8 @@ struct Measured {
     user: f64,
     sys: f64,
     peak_rss_mb: f64,
-    checks_per_second: f64,
+    /// As sniroute counts them; `None` for HAProxy.
+    checks_per_second: Option<f64>,
 }
 
 impl Measured {
@@ -155,23 +150,24 @@ fn measure(servers: &Servers, prober: Prober, warmup: Duration, window: Duration
     let listen = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port");
+    let metrics = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
     let mut child = match prober {
-        Prober::Sniroute { checks } => start_sniroute(dir.path(), listen, &servers.addrs, checks),
+        Prober::Sniroute { checks } => {
+            start_sniroute(dir.path(), listen, metrics, &servers.addrs, checks)
+        }
         Prober::Haproxy => start_haproxy(dir.path(), listen, &servers.addrs),
+    };
+    let checks = || match prober {
+        Prober::Sniroute { .. } => Some(health_checks(metrics)),
+        Prober::Haproxy => None,
     };
     std::thread::sleep(warmup);
     let pid = child.id();
-    let (cpu0, accepted0, t0) = (
-        cpu_time(pid),
-        servers.accepted.load(Ordering::Relaxed),
-        Instant::now(),
-    );
+    let (cpu0, checks0, t0) = (cpu_time(pid), checks(), Instant::now());
     std::thread::sleep(window);
-    let (cpu1, accepted1, elapsed) = (
-        cpu_time(pid),
-        servers.accepted.load(Ordering::Relaxed),
-        t0.elapsed(),
-    );
+    let (cpu1, checks1, elapsed) = (cpu_time(pid), checks(), t0.elapsed());
     let peak_rss_mb = status_kb(pid, "VmHWM:") as f64 / 1024.0;
     let _ = child.kill();
     let _ = child.wait();
@@ -180,13 +176,16 @@ fn measure(servers: &Servers, prober: Prober, warmup: Duration, window: Duration
         user: percent(cpu1.0 - cpu0.0),
         sys: percent(cpu1.1 - cpu0.1),
         peak_rss_mb,
-        checks_per_second: (accepted1 - accepted0) as f64 / elapsed.as_secs_f64(),
+        checks_per_second: checks0
+            .zip(checks1)
+            .map(|(a, b)| (b - a) / elapsed.as_secs_f64()),
     }
 }
 
 fn start_sniroute(
     dir: &std::path::Path,
     listen: SocketAddr,
+    metrics: SocketAddr,
     servers: &[SocketAddr],
     checks: bool,
 ) -> Child {
@@ -197,7 +196,7 @@ fn start_sniroute(
         ""
     };
     let config = format!(
-        "[log]\naccess_log = false\n[[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\ndefault = \"p\"\n\
+        "[log]\naccess_log = false\n[metrics]\nbind = \"{metrics}\"\n[[listeners]]\nbind = \"{listen}\"\nprotocol = \"tls\"\ndefault = \"p\"\n\
          [upstreams.p]\nservers = [{}]\n{check}",
         list.join(", ")
     );
@@ -257,6 +256,20 @@ fn start_haproxy(dir: &std::path::Path, listen: SocketAddr, servers: &[SocketAdd
         std::thread::sleep(Duration::from_millis(50));
     }
     child
+}
+
+/// Health checks sniroute has made so far, ok and failed, from `/metrics`.
+fn health_checks(metrics: SocketAddr) -> f64 {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(metrics).expect("metrics endpoint");
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("scrape");
+    let mut text = String::new();
+    c.read_to_string(&mut text).expect("scrape");
+    text.lines()
+        .filter(|l| l.starts_with("sniroute_health_checks_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// (utime, stime) of `pid`.

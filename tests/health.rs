@@ -123,6 +123,8 @@ async fn probes_find_a_dead_server_before_any_client_and_bring_it_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_of_100_servers_are_spread_over_the_interval() {
+    // TLS probes, because a server sees those (it accepts when the
+    // ClientHello comes); a TCP probe never gets that far (see the next test).
     const SERVERS: usize = 100;
     let t0 = Instant::now();
     let seen: Arc<Mutex<Vec<(usize, Duration)>>> = Arc::default();
@@ -144,7 +146,8 @@ async fn probes_of_100_servers_are_spread_over_the_interval() {
         listen,
         metrics,
         &format!(
-            "[upstreams.p]\nservers = [{}]\n[upstreams.p.health_check]\ninterval = \"1s\"\ntimeout = \"500ms\"\n",
+            "[upstreams.p]\nservers = [{}]\n[upstreams.p.health_check]\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
+             tls_sni = \"spread.example.com\"\n",
             servers.join(", ")
         ),
     ));
@@ -190,6 +193,39 @@ async fn probes_of_100_servers_are_spread_over_the_interval() {
         per_server.iter().all(|&n| (1..=3).contains(&n)),
         "{per_server:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_probes_end_before_the_server_has_a_connection() {
+    let server = Upstream::start("127.0.0.2", "s", Mode::Hold).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let _proxy = Sniroute::start(&config(
+        listen,
+        metrics,
+        &format!(
+            "[upstreams.p]\nservers = [\"{}\"]\n\
+             [upstreams.p.health_check]\ninterval = \"100ms\"\ntimeout = \"100ms\"\n",
+            server.addr
+        ),
+    ));
+    let ok = || {
+        metric(
+            &get_metrics(metrics),
+            "sniroute_health_checks_total",
+            &[("result", "ok")],
+        )
+        .unwrap_or(0.0)
+    };
+    poll(Duration::from_secs(10), || (ok() >= 10.0).then_some(())).expect("ten good probes");
+    // Ten good probes, and the server never accepted one: the reset came
+    // before the last ACK of the handshake.
+    assert_eq!(server.accepted(), 0);
+    // A client does get through, of course.
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the client's connection", || server.accepted() == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,7 +131,7 @@ fn record(pool: &Pool, check: &CheckSpec, server: &Server, result: Probed) {
 /// One probe of `addr`, within `timeout`.
 async fn probe(addr: SocketAddr, timeout: Duration, tls: Option<TlsProbe>) -> Probed {
     let attempt = async {
-        let tcp = match TcpStream::connect(addr).await {
+        let tcp = match connect(addr, tls.is_none()).await {
             Ok(tcp) => tcp,
             Err(e) => {
                 return match Resource::of(&e) {
@@ -141,7 +141,8 @@ async fn probe(addr: SocketAddr, timeout: Duration, tls: Option<TlsProbe>) -> Pr
             }
         };
         let Some(tls) = tls else {
-            // Close with a reset: nothing to say, and no TIME_WAIT.
+            // Close with a reset: nothing to say, no TIME_WAIT, and the
+            // server's half-open connection (see `connect`) goes with it.
             socket2::SockRef::from(&tcp)
                 .set_linger(Some(Duration::ZERO))
                 .ok();
@@ -159,6 +160,22 @@ async fn probe(addr: SocketAddr, timeout: Duration, tls: Option<TlsProbe>) -> Pr
             humantime::format_duration(timeout)
         )),
     }
+}
+
+/// A connection to `addr`. With `half_open`, the last ACK of the handshake
+/// is held back (quick ACKs off), so that a reset right after the server's
+/// SYN-ACK ends it before the server has a connection at all: the kernel
+/// answering for the listening socket is what a TCP check asks, and the
+/// server never wakes up for it, nor logs it. HAProxy checks the same way.
+async fn connect(addr: SocketAddr, half_open: bool) -> io::Result<TcpStream> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if half_open {
+        socket2::SockRef::from(&socket).set_tcp_quickack(false)?;
+    }
+    socket.connect(addr).await
 }
 
 /// A TLS handshake on `tcp`; the leaf certificate's notAfter.
