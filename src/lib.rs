@@ -16,7 +16,9 @@
 //!
 //! [`server`] runs the listeners, [`reload`] and the shutdown; [`config`] turns
 //! the TOML into the immutable tables all of this reads. [`import`] translates
-//! an nginx `stream {}` config into sniroute's (`sniroute import-nginx`).
+//! an nginx `stream {}` config into sniroute's (`sniroute import-nginx`);
+//! [`acme`] computes an ACME account key's thumbprint (`sniroute
+//! acme-thumbprint`).
 //! [`metrics`] serves the metrics and, next to them, [`status`]: the status
 //! page and `/healthz`.
 //! The shared vocabulary sits below all of them, importing none: [`outcome`],
@@ -30,6 +32,7 @@
 #![allow(rustdoc::private_intra_doc_links)]
 
 pub mod access;
+pub mod acme;
 pub mod config;
 pub mod connect;
 pub mod connections;

@@ -1,5 +1,6 @@
 //! The `sniroute` command: parse arguments, load the config, then run it, check
-//! it or explain it; or translate an nginx config (`import-nginx`). Errors end
+//! it or explain it; or translate an nginx config (`import-nginx`); or print an
+//! ACME account key's thumbprint (`acme-thumbprint`). Errors end
 //! here, as one line on stderr and exit code 1; a lossy import exits with
 //! [`EXIT_LOSSY`].
 
@@ -11,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use sniroute::pool::Registry;
-use sniroute::{config, explain, import, logging, server};
+use sniroute::{acme, config, explain, import, logging, server};
 
 /// `import-nginx` printed a config, but something that decides who may
 /// connect, where connections go or what servers receive was not carried
@@ -95,6 +96,24 @@ enum Command {
         #[arg(long)]
         allow_lossy: bool,
     },
+    /// Print the RFC 7638 thumbprint of an ACME account key: the value for
+    /// `acme_thumbprint`, with which sniroute answers HTTP-01 challenges for
+    /// that account.
+    #[command(
+        after_help = "FILE is a JWK (JSON, e.g. certbot's private_key.json), a PEM private key \
+        (RSA as PKCS#1 or PKCS#8; EC P-256 or P-384 as SEC1 or PKCS#8; e.g. acme.sh's or lego's \
+        account key) or Traefik's acme.json. The thumbprint is printed alone on one line. \
+        Exit status: 0 when printed, 1 when FILE cannot be read or holds no such key."
+    )]
+    AcmeThumbprint {
+        /// The account key file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// In a Traefik acme.json: the certificate resolver whose account to use
+        /// (default: the first in the file).
+        #[arg(long, value_name = "NAME")]
+        resolver: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -114,6 +133,14 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Some(Command::ImportNginx { file, allow_lossy }) = &cli.command {
         return import_nginx(file, *allow_lossy);
+    }
+    if let Some(Command::AcmeThumbprint { file, resolver }) = &cli.command {
+        let bytes = std::fs::read(file)
+            .with_context(|| format!("cannot read the account key {}", file.display()))?;
+        let thumbprint = acme::thumbprint(&bytes, resolver.as_deref())
+            .with_context(|| file.display().to_string())?;
+        print(&format!("{thumbprint}\n"));
+        return Ok(ExitCode::SUCCESS);
     }
     let text = config::read(&cli.config)?;
     let config = config::parse(&text, &cli.config)?;
