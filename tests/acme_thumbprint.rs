@@ -295,6 +295,34 @@ fn garbage_ed25519_unknown_resolver_and_missing_files_exit_1_and_say_why() {
         ],
     );
 
+    // SEC1 may leave the public key out; it is not computed from the private one.
+    let ec = generate(
+        dir.path(),
+        "ec.pem",
+        &["ecparam", "-genkey", "-name", "prime256v1", "-noout"],
+    );
+    let bare = dir.path().join("bare.pem");
+    openssl(
+        &[
+            "ec",
+            "-in",
+            ec.to_str().unwrap(),
+            "-no_public",
+            "-out",
+            bare.to_str().unwrap(),
+        ],
+        b"",
+    );
+    let bare = bare.to_str().unwrap();
+    assert_fails(
+        &[bare],
+        &[
+            bare,
+            "does not include its public key",
+            "openssl ec -in FILE",
+        ],
+    );
+
     let cert_path = common::cert_pem_file(dir.path());
     let cert_path = cert_path.to_str().unwrap();
     assert_fails(
