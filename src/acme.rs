@@ -551,7 +551,7 @@ mod tests {
 
     #[test]
     fn rsa_leading_zeros_and_padding_do_not_change_the_thumbprint() {
-        // "AADS..." is the example modulus with a zero byte in front.
+        // The example modulus with a zero byte in front, padded, and e as "AAEAAQ".
         let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(RFC_N)
             .unwrap();
