@@ -20,11 +20,15 @@ pub enum Outcome {
     OverClientLimit,
     /// Refused by an `allow`/`deny` list of the listener or of the route.
     Denied,
+    /// Answered with a 308 to https by a `redirect_https` listener.
+    Redirected,
+    /// An ACME HTTP-01 challenge answered by sniroute (`acme_thumbprint`).
+    AcmeAnswered,
 }
 
 impl Outcome {
     /// Every outcome, in declaration order (`ALL[o as usize] == o`).
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 13] = [
         Outcome::Closed,
         Outcome::IdleTimeout,
         Outcome::ClientError,
@@ -36,6 +40,8 @@ impl Outcome {
         Outcome::OverLimit,
         Outcome::OverClientLimit,
         Outcome::Denied,
+        Outcome::Redirected,
+        Outcome::AcmeAnswered,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +57,8 @@ impl Outcome {
             Outcome::OverLimit => "over_limit",
             Outcome::OverClientLimit => "over_ip_limit",
             Outcome::Denied => "denied",
+            Outcome::Redirected => "redirected",
+            Outcome::AcmeAnswered => "acme_answered",
         }
     }
 }

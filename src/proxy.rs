@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{Config, Listener, Target};
+use crate::config::{Acme, Config, Listener, Target};
 use crate::connect::{connect, ConnectError, Connected};
 use crate::connections::{ClientSlot, Connections};
 use crate::logging::AccessLog;
@@ -70,6 +70,13 @@ enum Refusal {
     Http2WithoutDefault,
     /// No server of the pool could be reached.
     Connect(ConnectError),
+    /// No route matched on a `redirect_https` listener: this 308 is the answer.
+    Redirect(Vec<u8>),
+    /// No route matched on a `redirect_https` listener, and the request named
+    /// no host to redirect to.
+    NoHost,
+    /// An ACME challenge sniroute answers itself (`acme_thumbprint`) with this.
+    AcmeAnswer(Vec<u8>),
 }
 
 /// One client connection's state as it goes through the steps.
@@ -139,7 +146,10 @@ impl<'e> Handler<'e> {
     async fn serve(&mut self) -> Result<Outcome, Refusal> {
         self.client.set_nodelay(true).ok();
         let head = self.detect().await?;
-        let target = self.route(&head)?;
+        let target = match self.acme(&head)? {
+            Some(target) => target,
+            None => self.route(&head)?,
+        };
         self.forward(target, head).await
     }
 
@@ -203,14 +213,53 @@ impl<'e> Handler<'e> {
         Ok(head)
     }
 
+    /// An ACME HTTP-01 challenge, met before routing so that it succeeds
+    /// whatever its Host is routed to: answered here (`acme_thumbprint`), or
+    /// the `acme_pool` route to take. `None`: not a challenge this listener meets.
+    fn acme(&mut self, head: &Peeked) -> Result<Option<&'e Route<Target>>, Refusal> {
+        let Some(acme) = &self.listener.acme else {
+            return Ok(None);
+        };
+        if head.http2 {
+            return Ok(None);
+        }
+        let Some((method, target)) = http::request_line(&head.bytes) else {
+            return Ok(None);
+        };
+        match acme {
+            Acme::Thumbprint(thumbprint) => match http::acme_token(method, target) {
+                Some(token) => Err(Refusal::AcmeAnswer(http::acme_response(
+                    method, token, thumbprint,
+                ))),
+                None => Ok(None),
+            },
+            Acme::Pool(route) if http::is_acme_path(target) => self.take(route).map(Some),
+            Acme::Pool(_) => Ok(None),
+        }
+    }
+
     /// The route for what the client sent, if it may take it.
     fn route(&mut self, head: &Peeked) -> Result<&'e Route<Target>, Refusal> {
         let Some(route) = self.listener.router.route(head.name.as_ref()) else {
-            return Err(match head.http2 {
-                true => Refusal::Http2WithoutDefault,
-                false => Refusal::NoRoute,
+            if head.http2 {
+                return Err(Refusal::Http2WithoutDefault);
+            }
+            if !self.listener.redirect_https {
+                return Err(Refusal::NoRoute);
+            }
+            // The same host (without its port: https has its own) and target.
+            return Err(match (&head.name, http::request_line(&head.bytes)) {
+                (Some(host), Some((_, target))) => {
+                    Refusal::Redirect(http::redirect_response(host, target))
+                }
+                _ => Refusal::NoHost,
             });
         };
+        self.take(route)
+    }
+
+    /// `route`, if the client may take it: logged and counted as taken.
+    fn take(&mut self, route: &'e Route<Target>) -> Result<&'e Route<Target>, Refusal> {
         self.log.route = Some(&route.pattern);
         self.log.pool = Some(&route.target.pool.name);
         if let Some(access) = &route.target.access {
@@ -344,6 +393,20 @@ impl<'e> Handler<'e> {
                 };
                 answer_and_close(&mut self.client, answer).await;
                 (Outcome::NoRoute, true)
+            }
+            Refusal::Redirect(answer) => {
+                answer_and_close(&mut self.client, &answer).await;
+                (Outcome::Redirected, true)
+            }
+            Refusal::NoHost => {
+                stats.no_route();
+                self.log.reason = "no Host to redirect to".to_owned();
+                answer_and_close(&mut self.client, http::NO_HOST_RESPONSE).await;
+                (Outcome::NoRoute, true)
+            }
+            Refusal::AcmeAnswer(answer) => {
+                answer_and_close(&mut self.client, &answer).await;
+                (Outcome::AcmeAnswered, true)
             }
             Refusal::Http2WithoutDefault => {
                 // An HTTP/2 client cannot read an HTTP/1 answer: just close.

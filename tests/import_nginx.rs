@@ -843,16 +843,12 @@ stream {{
     );
     let conf = dir.path().join("nginx.conf");
     let (code, _, err) = run_cli(&["import-nginx", conf.to_str().unwrap()]);
-    assert_eq!(code, 3, "the redirect is not carried over yet: {err}");
-    assert!(
-        err.contains("sniroute: warning: not translated: return 301 https://$host$request_uri ("),
-        "{err}"
-    );
-    let toml = import_with(dir.path(), &["--allow-lossy"]);
+    assert_eq!(code, 0, "the redirect is carried over: {err}");
+    let toml = import_with(dir.path(), &[]);
     assert!(toml.contains("\nmax_connections_per_ip = 1 "), "{toml}");
     assert!(
         toml.contains(&format!(
-            "# [[listeners]]\n# bind = [\"{http}\"]\n# protocol = \"http\"\n# redirect_https = true"
+            "[[listeners]]\nbind = [\"{http}\"]\nprotocol = \"http\"\nredirect_https = true"
         )),
         "{toml}"
     );
@@ -878,18 +874,21 @@ stream {{
         "nginx\n{}",
         nginx.log()
     );
-    // What the commented-out listener is to replace.
-    let mut client = TcpStream::connect(http).await.unwrap();
-    client
-        .write_all(b"GET /a?b=c HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = String::from_utf8_lossy(&read_all(&mut client).await).into_owned();
-    assert!(answer.starts_with("HTTP/1.1 301 "), "{answer}");
-    assert!(
-        answer.contains("\r\nLocation: https://app.example.com/a?b=c\r\n"),
-        "{answer}"
-    );
+    // The same redirect from both, but for its code (301 in nginx, 308 here).
+    let redirect = async |code: &str| {
+        let mut client = TcpStream::connect(http).await.unwrap();
+        client
+            .write_all(b"GET /a?b=c HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&read_all(&mut client).await).into_owned();
+        assert!(answer.starts_with(&format!("HTTP/1.1 {code} ")), "{answer}");
+        assert!(
+            answer.contains("\r\nLocation: https://app.example.com/a?b=c\r\n"),
+            "{answer}"
+        );
+    };
+    redirect("301").await;
     drop(nginx);
     let proxy = Sniroute::start(&toml);
     assert_eq!(
@@ -898,4 +897,5 @@ stream {{
         "sniroute\n{}",
         proxy.log()
     );
+    redirect("308").await;
 }

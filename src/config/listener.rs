@@ -15,11 +15,11 @@ use toml::Spanned;
 
 use super::address::binds_overlap;
 use super::raw::{self, RawListener, RawProtocol};
-use super::{ConfigError, Ctx, Listener, Target};
+use super::{Acme, ConfigError, Ctx, Listener, Target, ACME_ROUTE};
 use crate::access::{self, Access};
 use crate::peek::Protocol;
 use crate::pool::Pool;
-use crate::route::{RouterBuilder, DEFAULT_ROUTE};
+use crate::route::{Route, RouterBuilder, DEFAULT_ROUTE};
 
 impl Ctx<'_> {
     /// Validates `listener`; its binds join `seen_binds`, warnings about it
@@ -78,6 +78,22 @@ impl Ctx<'_> {
             RawProtocol::Http => Protocol::Http,
             RawProtocol::Tcp => Protocol::Tcp,
         };
+        let http_only = [
+            (
+                "redirect_https",
+                raw_l.redirect_https.as_ref().map(|v| v.span()),
+            ),
+            (
+                "acme_thumbprint",
+                raw_l.acme_thumbprint.as_ref().map(|v| v.span()),
+            ),
+            ("acme_pool", raw_l.acme_pool.as_ref().map(|v| v.span())),
+        ];
+        if protocol != Protocol::Http {
+            if let Some((key, Some(span))) = http_only.iter().find(|(_, span)| span.is_some()) {
+                return Err(self.at(span.clone(), format!("`{key}` is only for \"http\" listeners: a {} listener cannot answer in HTTP", protocol.as_str())));
+            }
+        }
         if protocol == Protocol::Tcp {
             if let Some((pattern, _)) = raw_l.routes.0.first() {
                 return Err(self.at(pattern.span(), "a \"tcp\" listener reads nothing from the client, so it has no name to route on: remove [listeners.routes] and set `default`".into()));
@@ -114,7 +130,14 @@ impl Ctx<'_> {
             )),
             None => None,
         };
-        if raw_l.routes.0.is_empty() && default.is_none() {
+        let redirect_https = raw_l.redirect_https.as_ref().is_some_and(|r| *r.get_ref());
+        if let (true, Some(name), Some(redirect)) =
+            (redirect_https, &raw_l.default, &raw_l.redirect_https)
+        {
+            return Err(self.at(redirect.span(), format!("listener on {}: `redirect_https = true` and `default = \"{}\"` cannot go together: with a default every Host is routed and none would be redirected; remove one of them", binds[0], name.get_ref())));
+        }
+        let acme = self.acme(raw_l, pools)?;
+        if raw_l.routes.0.is_empty() && default.is_none() && !redirect_https && acme.is_none() {
             return Err(self.at(listener.span(), "listener has no routes and no default: nothing could ever be routed; add [listeners.routes] or `default`".into()));
         }
         let proxy_from = self.proxy_from(raw_l)?;
@@ -125,7 +148,39 @@ impl Ctx<'_> {
             router: router.build(default),
             proxy_from,
             access,
+            redirect_https,
+            acme,
         })
+    }
+
+    /// `acme_thumbprint` or `acme_pool`, which exclude each other.
+    fn acme(
+        &self,
+        l: &RawListener,
+        pools: &BTreeMap<Arc<str>, Arc<Pool>>,
+    ) -> Result<Option<Acme>, ConfigError> {
+        match (&l.acme_thumbprint, &l.acme_pool) {
+            (None, None) => Ok(None),
+            (Some(_), Some(pool)) => Err(self.at(pool.span(), "`acme_pool` and `acme_thumbprint` cannot go together: either sniroute answers the challenges itself (acme_thumbprint) or a pool does (acme_pool); keep one".into())),
+            (Some(thumbprint), None) => {
+                let t = thumbprint.get_ref();
+                if t.len() != 43 || !t.bytes().all(is_base64url) {
+                    return Err(self.at(thumbprint.span(), format!("acme_thumbprint `{t}` is not an account key thumbprint: 43 characters of A-Z, a-z, 0-9, `-` and `_` (the unpadded base64url SHA-256 an ACME client prints, e.g. `acme.sh --register-account`), got {} characters", t.chars().count())));
+                }
+                Ok(Some(Acme::Thumbprint(t.as_str().into())))
+            }
+            (None, Some(pool)) => {
+                let pool = self.pool_ref(pools, pool, "acme_pool")?;
+                Ok(Some(Acme::Pool(Route {
+                    pattern: ACME_ROUTE.into(),
+                    target: Target {
+                        pool,
+                        access: None,
+                        routed: Arc::default(),
+                    },
+                })))
+            }
+        }
     }
 
     /// `accept_proxy_protocol` and `proxy_protocol_from`, which go together.
@@ -194,6 +249,11 @@ impl Ctx<'_> {
             })
             .collect()
     }
+}
+
+/// A character of the unpadded base64url alphabet (RFC 4648 5).
+fn is_base64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
 
 /// Why route `pattern`, if a `~regex`, may match more than meant: a regex not

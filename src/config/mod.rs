@@ -29,7 +29,7 @@ use raw::{RawConfig, RawDuration};
 use crate::access::Access;
 use crate::peek::Protocol;
 use crate::pool::{Pool, Registry};
-use crate::route::Router;
+use crate::route::{Route, Router};
 use address::binds_overlap;
 
 /// Where sniroute looks without `--config`.
@@ -108,7 +108,29 @@ pub struct Listener {
     pub proxy_from: Option<Vec<IpNet>>,
     /// The listener's `allow`/`deny`: refused clients are closed unread.
     pub access: Option<Access>,
+    /// `redirect_https` (HTTP only): a Host no route matches gets a 308 to
+    /// the same host and request-target over https instead of a 421.
+    pub redirect_https: bool,
+    /// `acme_thumbprint` or `acme_pool` (HTTP only): what becomes of ACME
+    /// HTTP-01 challenge requests, before routing.
+    pub acme: Option<Acme>,
 }
+
+/// How an HTTP listener meets ACME HTTP-01 challenges
+/// (`/.well-known/acme-challenge/TOKEN`), whatever their Host.
+#[derive(Debug)]
+pub enum Acme {
+    /// `acme_thumbprint`: sniroute answers `TOKEN.THUMBPRINT` itself (the
+    /// stateless mode of ACME clients such as acme.sh and lego), so the
+    /// challenge succeeds whatever the hostname is routed to.
+    Thumbprint(Box<str>),
+    /// `acme_pool`: the request goes to this pool (a cert-manager solver, a
+    /// certbot `--standalone`), whatever the Host.
+    Pool(Route<Target>),
+}
+
+/// The route name an `acme_pool` request is logged under.
+pub const ACME_ROUTE: &str = "acme_pool";
 
 /// Why a config cannot be used.
 #[derive(Debug, thiserror::Error)]

@@ -164,6 +164,9 @@ pub struct RawListener {
     pub allow: Nets,
     #[serde(default)]
     pub deny: Nets,
+    pub redirect_https: Option<Spanned<bool>>,
+    pub acme_thumbprint: Option<Spanned<String>>,
+    pub acme_pool: Option<Spanned<String>>,
 }
 
 /// A list of addresses or CIDR blocks (`allow`, `deny`), each with its place.

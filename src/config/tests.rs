@@ -544,3 +544,85 @@ fn drain_is_a_server_setting() {
         .collect();
     assert_eq!(drained, [true, false, false]);
 }
+
+/// An HTTP listener with `extra` keys, a route and pools `web` and `solver`.
+fn http_listener(protocol: &str, extra: &str) -> String {
+    format!(
+        "[[listeners]]\nbind = \"127.0.0.1:8080\"\nprotocol = \"{protocol}\"\n{extra}\n\
+         [listeners.routes]\n\"a.example.com\" = \"web\"\n\
+         [upstreams.web]\nservers = [\"127.0.0.2:80\"]\n\
+         [upstreams.solver]\nservers = [\"127.0.0.3:80\"]\n"
+    )
+}
+
+const THUMBPRINT: &str = "LoqXcYV8q5ONbJQxbmR7SCTNo3tiAXDfowyjxAjEuX0";
+
+#[test]
+fn redirect_and_acme_keys_are_read() {
+    let c = load_str(&http_listener(
+        "http",
+        &format!("redirect_https = true\nacme_thumbprint = \"{THUMBPRINT}\""),
+    ))
+    .unwrap();
+    assert!(c.listeners[0].redirect_https);
+    assert!(matches!(&c.listeners[0].acme, Some(Acme::Thumbprint(t)) if &**t == THUMBPRINT));
+    let c = load_str(&http_listener("http", "acme_pool = \"solver\"")).unwrap();
+    assert!(
+        matches!(&c.listeners[0].acme, Some(Acme::Pool(r)) if &*r.target.pool.name == "solver")
+    );
+    // A listener that only redirects needs no route.
+    let only =
+        "[[listeners]]\nbind = \"127.0.0.1:8080\"\nprotocol = \"http\"\nredirect_https = true\n";
+    assert!(load_str(only).unwrap().listeners[0].redirect_https);
+}
+
+#[test]
+fn redirect_and_acme_key_errors_point_at_the_key() {
+    let err = err_with(&http_listener(
+        "http",
+        "redirect_https = true\ndefault = \"web\"",
+    ));
+    assert!(
+        err.starts_with("t.toml:4:18: listener on 127.0.0.1:8080: `redirect_https = true` and `default = \"web\"` cannot go together"),
+        "{err}"
+    );
+    let err = err_with(&http_listener(
+        "http",
+        &format!("acme_thumbprint = \"{THUMBPRINT}\"\nacme_pool = \"solver\""),
+    ));
+    assert!(
+        err.starts_with("t.toml:5:13: `acme_pool` and `acme_thumbprint` cannot go together"),
+        "{err}"
+    );
+    for bad in [
+        &THUMBPRINT[1..],
+        &format!("{THUMBPRINT}A"),
+        &THUMBPRINT.replace('X', "+"),
+        &THUMBPRINT.replace('X', "="),
+    ] {
+        let err = err_with(&http_listener(
+            "http",
+            &format!("acme_thumbprint = \"{bad}\""),
+        ));
+        assert!(
+            err.starts_with(&format!("t.toml:4:19: acme_thumbprint `{bad}` is not an account key thumbprint: 43 characters")),
+            "{err}"
+        );
+    }
+    let err = err_with(&http_listener("http", "acme_pool = \"nope\""));
+    assert!(
+        err.starts_with("t.toml:4:13: acme_pool points to unknown upstream `nope`; defined upstreams: solver, web"),
+        "{err}"
+    );
+    for key in ["redirect_https = true", "acme_pool = \"solver\""] {
+        let err = err_with(&http_listener("tls", key));
+        let name = key.split(' ').next().unwrap();
+        assert!(
+            err.starts_with("t.toml:4:")
+                && err.contains(&format!(
+                    "`{name}` is only for \"http\" listeners: a tls listener cannot answer in HTTP"
+                )),
+            "{err}"
+        );
+    }
+}

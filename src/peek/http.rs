@@ -31,6 +31,15 @@ pub const TOO_LARGE_RESPONSE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too L
 Content-Type: text/plain\r\nContent-Length: 26\r\nConnection: close\r\n\r\n\
 request head is too large\n";
 
+/// Sent by a `redirect_https` listener to a request without a Host: there is
+/// no name to redirect to.
+pub const NO_HOST_RESPONSE: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+Content-Type: text/plain\r\nContent-Length: 39\r\nConnection: close\r\n\r\n\
+no Host header: nothing to redirect to\n";
+
+/// Where ACME HTTP-01 challenges are fetched (RFC 8555 8.3).
+pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
 /// What an HTTP/2 client with prior knowledge sends first (RFC 9113 3.4).
 pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -75,6 +84,78 @@ pub fn parse(buf: &[u8]) -> Result<Parse, PeekError> {
         }
         Err(_) => Err(PeekError::Malformed("request head")),
     }
+}
+
+/// The method and request-target of a head [`parse`] found complete.
+pub fn request_line(buf: &[u8]) -> Option<(&str, &str)> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    request.parse(buf).ok()?;
+    Some((request.method?, request.path?))
+}
+
+/// The path and query of a request-target: itself in origin-form, what follows
+/// the authority in absolute-form (`/` where nothing does, as for `*`).
+pub fn path_and_query(target: &str) -> &str {
+    if target.starts_with('/') {
+        return target;
+    }
+    let Some(scheme_end) = target.find("://") else {
+        return "/";
+    };
+    let rest = &target[scheme_end + 3..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        _ => "/",
+    }
+}
+
+/// The token of an ACME HTTP-01 challenge request: a `GET` or `HEAD` of
+/// `/.well-known/acme-challenge/TOKEN`, TOKEN being base64url (RFC 8555
+/// 8.3). Anything else (another method, an empty token, more segments, a
+/// query, percent-encoding) is not a challenge sniroute may answer.
+pub fn acme_token<'t>(method: &str, target: &'t str) -> Option<&'t str> {
+    if method != "GET" && method != "HEAD" {
+        return None;
+    }
+    let token = path_and_query(target).strip_prefix(ACME_PREFIX)?;
+    let valid = !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then_some(token)
+}
+
+/// Whether the request-target asks for anything under the ACME challenge path.
+pub fn is_acme_path(target: &str) -> bool {
+    path_and_query(target).starts_with(ACME_PREFIX)
+}
+
+/// The `308 Permanent Redirect` to `https://{host}{path_and_query}`. The
+/// target passed httparse, which admits no whitespace or control bytes, so it
+/// cannot break out of the `Location` header.
+pub fn redirect_response(host: &HostName, target: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 308 Permanent Redirect\r\nLocation: https://{host}{}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+        path_and_query(target)
+    )
+    .into_bytes()
+}
+
+/// The `200` with the key authorization `{token}.{thumbprint}`; for `HEAD`
+/// its headers only.
+pub fn acme_response(method: &str, token: &str, thumbprint: &str) -> Vec<u8> {
+    let body = format!("{token}.{thumbprint}");
+    let mut answer = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        answer.push_str(&body);
+    }
+    answer.into_bytes()
 }
 
 /// `http://user@host:port/path` → `host:port`; `None` unless absolute-form.
@@ -222,7 +303,14 @@ mod tests {
 
     #[test]
     fn answers_have_exact_content_length_and_close() {
-        for answer in [MISDIRECTED_RESPONSE, FORBIDDEN_RESPONSE, TOO_LARGE_RESPONSE] {
+        for answer in [
+            MISDIRECTED_RESPONSE,
+            FORBIDDEN_RESPONSE,
+            TOO_LARGE_RESPONSE,
+            NO_HOST_RESPONSE,
+            &redirect_response(&HostName::parse(b"a.example.com").unwrap(), "/x?y"),
+            &acme_response("GET", "tok", "thumb"),
+        ] {
             let text = std::str::from_utf8(answer).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
             assert!(
@@ -231,6 +319,52 @@ mod tests {
             );
             assert!(head.contains("Connection: close"), "{text}");
         }
+    }
+
+    #[test]
+    fn path_and_query_of_each_target_form() {
+        assert_eq!(path_and_query("/a/b?c=d"), "/a/b?c=d");
+        assert_eq!(path_and_query("http://h.example.com:80/p?q"), "/p?q");
+        assert_eq!(path_and_query("http://h.example.com"), "/");
+        assert_eq!(path_and_query("http://h.example.com?q"), "/");
+        assert_eq!(path_and_query("*"), "/");
+        assert_eq!(path_and_query("h.example.com:443"), "/");
+    }
+
+    #[test]
+    fn acme_tokens_are_base64url_and_nothing_else() {
+        let token = |m, t| acme_token(m, t);
+        assert_eq!(
+            token("GET", "/.well-known/acme-challenge/aB9_-x"),
+            Some("aB9_-x")
+        );
+        assert_eq!(token("HEAD", "/.well-known/acme-challenge/t"), Some("t"));
+        assert_eq!(
+            token("GET", "http://x.example.com/.well-known/acme-challenge/t"),
+            Some("t")
+        );
+        for target in [
+            "/.well-known/acme-challenge/",
+            "/.well-known/acme-challenge/a/b",
+            "/.well-known/acme-challenge/a%2Fb",
+            "/.well-known/acme-challenge/a.b",
+            "/.well-known/acme-challenge/a?b",
+            "/.well-known/acme-challenge",
+            "/.well-known/ACME-challenge/a",
+            "//.well-known/acme-challenge/a",
+        ] {
+            assert_eq!(token("GET", target), None, "{target}");
+        }
+        assert_eq!(token("POST", "/.well-known/acme-challenge/t"), None);
+        assert_eq!(token("get", "/.well-known/acme-challenge/t"), None);
+    }
+
+    #[test]
+    fn request_line_of_a_complete_head() {
+        assert_eq!(
+            request_line(b"\r\nHEAD /x?y HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(("HEAD", "/x?y"))
+        );
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! `http {}`: sniroute does not replace nginx's HTTP module, but one kind of
 //! HTTP server is named for what it is: one that only redirects plain HTTP to
-//! https, which `redirect_https` on an HTTP listener (a coming sniroute key: a
-//! name no route matches gets a 308 to https) is to replace.
+//! https, which `redirect_https` on an HTTP listener (a name no route matches
+//! gets a 308 to https) replaces.
 //!
-//! Such a server becomes a commented-out HTTP listener with
-//! `redirect_https = true` on its addresses, and a lossy note: until the key
-//! exists, nothing would answer on that port once nginx is gone. Every other
+//! Such a server becomes an HTTP listener with `redirect_https = true` on its
+//! addresses, with notes where the redirect differs from nginx's. Every other
 //! HTTP server is a lossy note as well (nginx served something there that
 //! sniroute will not), and the rest of the block is not needed.
 //!
@@ -52,7 +51,7 @@ const REWRITES: &[(&str, &str)] = &[
     ("^/(.*)", "/$1"),
 ];
 
-/// One `http {}` block: its redirect servers as commented-out listeners, the
+/// One `http {}` block: its redirect servers as listeners, the
 /// rest as notes.
 pub fn translate(http: &Directive, plan: &mut Plan) {
     let mut settings = false;
@@ -101,16 +100,12 @@ fn redirect(server: &Directive) -> Option<ListenerPlan> {
         // nginx's default for a server without `listen`.
         binds.push("0.0.0.0:80".to_owned());
     }
-    let mut notes = vec![Note::lossy(
-        how,
-        &format!(
-            "the HTTP server {{}} at {} only redirects to https. sniroute's coming\n\
-             `redirect_https = true` on an HTTP listener replaces it (a name no route matches\n\
-             gets 308 to https://HOST/PATH?QUERY). This version has no such key, so the listener\n\
-             below is commented out: until it can be used, keep nginx's http {{}} for this port.",
-            server.at
-        ),
-    )];
+    let mut notes = vec![Note::info(format!(
+        "the HTTP server {{}} at {} only redirects to https: `redirect_https = true` on an\n\
+         HTTP listener replaces it (every Host gets 308 to https://HOST/PATH?QUERY; a\n\
+         request without Host gets 400)",
+        server.at
+    ))];
     if host == "$server_name" {
         notes.push(Note::info(
             "nginx redirected to its first server_name whatever name was asked for;\n\
@@ -127,7 +122,7 @@ fn redirect(server: &Directive) -> Option<ListenerPlan> {
     Some(ListenerPlan {
         origin: format!("server {{}} in http {{}} at {}", server.at),
         notes,
-        disabled: true,
+        disabled: false,
         binds,
         protocol: "http",
         protocol_comment: String::new(),
