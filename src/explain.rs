@@ -146,6 +146,13 @@ pub fn explain(
                     );
                 }
             }
+            None if l.redirect_https => {
+                let _ = writeln!(
+                    out,
+                    "  no route: redirect_https answers 308 to https://{}/..., no server is contacted",
+                    name.map_or("HOST", |n| n.as_str())
+                );
+            }
             None => {
                 let what = match l.protocol {
                     Protocol::Tls | Protocol::Tcp => "fatal unrecognized_name alert",

@@ -470,3 +470,26 @@ fn help_names_signals_log_settings_and_environment() {
         assert!(out.contains(word), "want {word:?} in --help:\n{out}");
     }
 }
+
+#[test]
+fn explain_says_an_unrouted_name_is_redirected_on_a_redirect_https_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        "[[listeners]]\nbind = \"127.0.0.1:18080\"\nprotocol = \"http\"\nredirect_https = true\n\
+                [listeners.routes]\n\"a.example.com\" = \"web\"\n\
+                [upstreams.web]\nservers = [\"127.0.0.2:80\"]\n";
+    let path = write_config(dir.path(), text);
+    let (code, out, err) = run_cli(&[
+        "--config",
+        path.to_str().unwrap(),
+        "--explain",
+        "Other.Example.com:18080",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "no route: redirect_https answers 308 to https://other.example.com/..., no server is contacted"
+        ),
+        "{out}"
+    );
+}
