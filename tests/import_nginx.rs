@@ -488,10 +488,17 @@ fn import_nginx_stands_alone_and_leaves_the_other_flags_as_they_were() {
         out.contains("\nUsage: sniroute [OPTIONS]\n       sniroute <COMMAND>\n"),
         "{out}"
     );
-    assert!(
-        out.contains("  import-nginx  Translate the `stream {}` block"),
-        "{out}"
-    );
+    // Subcommands and their summaries (clap aligns the column to the longest name).
+    for (command, summary) in [
+        ("import-nginx", "Translate the `stream {}` block"),
+        ("acme-thumbprint", "Print the RFC 7638 thumbprint"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with(command))
+            .unwrap_or_else(|| panic!("no {command} in {out}"));
+        assert!(line.contains(summary), "{line}");
+    }
     let (code, out, _) = run_cli(&["import-nginx", "--help"]);
     assert_eq!(code, 0);
     assert!(
