@@ -469,8 +469,8 @@ fn from_pkcs8(der: &[u8]) -> Result<PublicKey, Error> {
     }
 }
 
-/// SEC1 ECPrivateKey: SEQUENCE { version, privateKey, [0] curve OPTIONAL,
-/// [1] publicKey OPTIONAL }. The public point is taken from [1] rather than
+/// SEC1 ECPrivateKey: SEQUENCE { version, privateKey, \[0\] curve OPTIONAL,
+/// \[1\] publicKey OPTIONAL }. The public point is taken from \[1\] rather than
 /// computed, which would take EC arithmetic this crate does not carry.
 fn from_sec1(der: &[u8], outer_curve: Option<Curve>) -> Result<PublicKey, Error> {
     const WHAT: &str = "SEC1 EC private key";
