@@ -1,6 +1,6 @@
 //! Hostname → pool.
 //!
-//! Order, as in SPEC.md: exact name, then the longest `*.suffix` wildcard, then
+//! Order, as README.md documents it ("Routing"): exact name, then the longest `*.suffix` wildcard, then
 //! `~regex` routes in file order, then the listener's default. Exact names and
 //! wildcard suffixes live in hash maps, so a lookup costs one probe per label of
 //! the client's name whatever the number of routes; the regexes are one

@@ -1,4 +1,4 @@
-//! The TOML file as written: serde types mirroring SPEC.md one to one.
+//! The TOML file as written: serde types mirroring the config schema (README.md, config.example.toml) one to one.
 //!
 //! Nothing here is validated beyond its TOML type; every value that can be wrong
 //! in a way TOML cannot express is kept `Spanned` so that validation can point at
