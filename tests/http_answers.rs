@@ -34,6 +34,22 @@ fn closed(metrics: SocketAddr, outcome: &str) -> Option<f64> {
     )
 }
 
+/// Real curl, `Host: curl.example.com`, with `extra` arguments; its stdout.
+async fn curl(extra: &'static [&'static str], url: String) -> String {
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "-H", "Host: curl.example.com"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .expect("curl must be installed")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unrouted_hosts_are_redirected_to_https() {
     let web = Upstream::start("127.0.0.3", "web", Mode::Http).await;
@@ -76,28 +92,8 @@ async fn unrouted_hosts_are_redirected_to_https() {
     assert!(routed.ends_with("web host=web.example.com"), "{routed}");
 
     // curl reads the whole answer.
-    let url = format!("http://{listen}/x?y=1");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .args([
-                "-sS",
-                "-i",
-                "--max-time",
-                "10",
-                "-H",
-                "Host: curl.example.com",
-                &url,
-            ])
-            .output()
-            .expect("curl must be installed")
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        redirect("https://curl.example.com/x?y=1")
-    );
+    let out = curl(&["-i"], format!("http://{listen}/x?y=1")).await;
+    assert_eq!(out, redirect("https://curl.example.com/x?y=1"));
 
     let lines = proxy.wait_access(6);
     assert_eq!(
@@ -159,23 +155,7 @@ async fn acme_challenges_are_answered_before_routing() {
     assert!(routed.ends_with("web host=web.example.com"), "{routed}");
 
     let url = format!("http://{listen}/.well-known/acme-challenge/tok_-9");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "10",
-                "-H",
-                "Host: curl.example.com",
-                &url,
-            ])
-            .output()
-            .expect("curl must be installed")
-    })
-    .await
-    .unwrap();
-    assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout), body);
+    assert_eq!(curl(&[], url).await, body);
 
     let lines = proxy.wait_access(10);
     assert_eq!(
