@@ -72,7 +72,10 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 
 /// The socket handed over for `addr` (see [`crate::handover`]) if there is
 /// one, else a new one from [`bind`].
-pub fn adopt_or_bind(addr: SocketAddr, inherited: &mut Inherited) -> Result<TcpListener, BindError> {
+pub fn adopt_or_bind(
+    addr: SocketAddr,
+    inherited: &mut Inherited,
+) -> Result<TcpListener, BindError> {
     match inherited.take(addr) {
         Some(socket) => {
             let adopt = || {
@@ -150,7 +153,9 @@ impl Listeners {
     /// Every listening socket, by address: what an upgrade or systemd's fd
     /// store takes over.
     pub fn sockets(&self) -> impl Iterator<Item = (SocketAddr, BorrowedFd<'_>)> {
-        self.running.iter().map(|(addr, r)| (*addr, r.socket.as_fd()))
+        self.running
+            .iter()
+            .map(|(addr, r)| (*addr, r.socket.as_fd()))
     }
 
     /// Stops accepting on every address `config` no longer has; connections

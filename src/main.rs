@@ -177,7 +177,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         text,
         watch: !cli.no_watch,
         invocation: upgrade::Invocation::current()
-            .map_err(|e| tracing::warn!("cannot find the running binary's path; SIGUSR2 will not upgrade: {e}"))
+            .map_err(|e| {
+                tracing::warn!(
+                    "cannot find the running binary's path; SIGUSR2 will not upgrade: {e}"
+                )
+            })
             .ok(),
     };
     let registry = Arc::new(Registry::default());

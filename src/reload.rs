@@ -139,7 +139,9 @@ impl Reloader {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let bound = self.listeners.bind_missing(&config, &mut Inherited::default())?;
+        let bound = self
+            .listeners
+            .bind_missing(&config, &mut Inherited::default())?;
         if config.log != previous.log {
             tracing::warn!("[log] changes take effect at the next restart");
         }

@@ -269,9 +269,7 @@ fn handed_on(listeners: &Listeners, endpoint: Option<&Endpoint>) -> Vec<OwnedFd>
 type Upgrading = Pin<Box<dyn Future<Output = Result<Successor, UpgradeError>> + Send>>;
 
 /// The outcome of the upgrade under way; pending while there is none.
-async fn upgrade_done(
-    upgrading: &mut Option<Upgrading>,
-) -> Result<Successor, UpgradeError> {
+async fn upgrade_done(upgrading: &mut Option<Upgrading>) -> Result<Successor, UpgradeError> {
     let Some(pending) = upgrading else {
         return std::future::pending().await;
     };

@@ -51,7 +51,10 @@ pub fn fd_store_enabled() -> bool {
 pub fn store(name: &str, fd: BorrowedFd<'_>) {
     let states = [NotifyState::FdStore, NotifyState::FdName(name)];
     if let Err(e) = sd_notify::notify_with_fds(&states, &[fd]) {
-        tracing::warn!(socket = name, "cannot hand the socket to systemd's fd store: {e}");
+        tracing::warn!(
+            socket = name,
+            "cannot hand the socket to systemd's fd store: {e}"
+        );
     }
 }
 
