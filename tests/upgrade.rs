@@ -689,3 +689,30 @@ async fn run_bare_sigterm_closes_the_sockets() {
         Some(std::io::ErrorKind::ConnectionRefused)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fdstore_0_keeps_the_sockets_out_of_the_fd_store() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Echo).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let (dir, _exe, path) = install(&config(listen, metrics, up.addr));
+    let notify = Notify::bind(dir.path());
+    let mut proxy = Sniroute::launch(
+        dir,
+        &path,
+        Opts {
+            env: vec![notify.env(), ("FDSTORE".into(), "0".into())],
+            ..Opts::default()
+        },
+    );
+    notify.until("READY=1");
+    proxy.signal("TERM");
+    let messages = notify.until("STOPPING=1");
+    let texts: Vec<&str> = messages.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(texts, ["STOPPING=1\n"]);
+    proxy.wait_exit(Duration::from_secs(30));
+    let refused = TcpStream::connect(listen).await;
+    assert_eq!(
+        refused.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionRefused)
+    );
+}
