@@ -140,13 +140,16 @@ pub async fn start(
     }
 }
 
-/// The child's exit status once it has gone (it closed its end, so it is
-/// exiting); it is waited for a little, then described as it is.
+/// The child's exit status: it closed its end of the channel, so it is
+/// exiting; one that does not within 5 s is killed.
 async fn exit_status(child: &mut Child) -> String {
     match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
         Ok(Ok(status)) => describe(status),
         Ok(Err(e)) => format!("an unknown status ({e})"),
-        Err(_) => "its readiness channel closed (it is still running; killed it)".to_owned(),
+        Err(_) => {
+            let _ = child.start_kill();
+            "its readiness channel closed while it kept running (killed it)".to_owned()
+        }
     }
 }
 
