@@ -716,3 +716,26 @@ async fn fdstore_0_keeps_the_sockets_out_of_the_fd_store() {
         Some(std::io::ErrorKind::ConnectionRefused)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_that_are_not_listening_sockets_are_left_alone() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Echo).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let proxy = Sniroute::start_with(
+        &config(listen, metrics, up.addr),
+        Opts {
+            env: vec![("SNIROUTE_LISTEN_FDS".into(), "2,abc,999".into())],
+            ..Opts::default()
+        },
+    );
+    let log = proxy.log();
+    for warning in [
+        "SNIROUTE_LISTEN_FDS: descriptor 2 is not an open socket; ignored",
+        "SNIROUTE_LISTEN_FDS: `abc` is not a descriptor number; ignored",
+        "SNIROUTE_LISTEN_FDS: descriptor 999 is not an open socket; ignored",
+    ] {
+        assert!(log.contains(warning), "want {warning:?} in:\n{log}");
+    }
+    assert!(!log.contains("took over"), "{log}");
+    exchange(listen, 3, 100, &Tally::default()).await.unwrap();
+}
