@@ -539,6 +539,16 @@ async fn under_systemd_the_new_process_becomes_main_and_the_old_one_never_says_s
     assert!(answer.is_ok(), "{answer:?}");
 }
 
+/// Nothing listens on `addr` any more: the kernel refuses.
+async fn assert_refused(addr: SocketAddr) {
+    let connect = TcpStream::connect(addr).await;
+    assert_eq!(
+        connect.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{addr} must be closed"
+    );
+}
+
 /// Duplicates `fd` to a number above the ones the child gets them at.
 fn high(fd: &impl AsRawFd) -> OwnedFd {
     // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own.
@@ -666,12 +676,7 @@ async fn under_systemd_sigterm_stores_the_sockets_and_the_next_start_takes_them_
             "READY=1\n".to_string()
         ]
     );
-    let refused = TcpStream::connect(stale_addr).await;
-    assert_eq!(
-        refused.map_err(|e| e.kind()).err(),
-        Some(std::io::ErrorKind::ConnectionRefused),
-        "the stale socket must be closed"
-    );
+    assert_refused(stale_addr).await;
     let tally = Tally::default();
     exchange(listen, 2, 1000, &tally).await.unwrap();
 }
@@ -683,11 +688,7 @@ async fn run_bare_sigterm_closes_the_sockets() {
     let mut proxy = Sniroute::start(&config(listen, metrics, up.addr));
     proxy.signal("TERM");
     proxy.wait_exit(Duration::from_secs(30));
-    let refused = TcpStream::connect(listen).await;
-    assert_eq!(
-        refused.map_err(|e| e.kind()).err(),
-        Some(std::io::ErrorKind::ConnectionRefused)
-    );
+    assert_refused(listen).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,11 +711,7 @@ async fn fdstore_0_keeps_the_sockets_out_of_the_fd_store() {
     let texts: Vec<&str> = messages.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(texts, ["STOPPING=1\n"]);
     proxy.wait_exit(Duration::from_secs(30));
-    let refused = TcpStream::connect(listen).await;
-    assert_eq!(
-        refused.map_err(|e| e.kind()).err(),
-        Some(std::io::ErrorKind::ConnectionRefused)
-    );
+    assert_refused(listen).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
