@@ -736,3 +736,38 @@ async fn descriptors_that_are_not_listening_sockets_are_left_alone() {
     assert!(!log.contains("took over"), "{log}");
     exchange(listen, 3, 100, &Tally::default()).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_upgrade_kills_the_new_process_before_it_serves() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Echo).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let (dir, exe, path) = install(&config(listen, metrics, up.addr));
+    let mut proxy = Sniroute::launch(
+        dir,
+        &path,
+        Opts {
+            exe: Some(exe.clone()),
+            ..Opts::default()
+        },
+    );
+    // A "new binary" that never gets ready (and, being one process, holds the
+    // handed-over sockets as sniroute would).
+    replace(&exe, b"#!/bin/sh\nexec sleep 20\n", 0o755);
+    proxy.signal("USR2");
+    let log = proxy.wait_log("upgrade: started the new process");
+    let pid: i32 = log
+        .split("waiting until it is ready pid=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in:\n{log}"));
+    let _starting = KillOnDrop(pid);
+    assert!(alive(pid));
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        poll(DEADLINE, || (!alive(pid)).then_some(())).is_some(),
+        "the new process {pid} outlived the one that started it"
+    );
+    assert_refused(listen).await;
+}
