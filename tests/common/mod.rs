@@ -99,6 +99,9 @@ pub struct Opts {
     pub nofile_soft: Option<u32>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run inside this network namespace (`ip netns exec`, which execs: the
+    /// child is still sniroute itself, so signals reach it).
+    pub netns: Option<String>,
 }
 
 /// The real binary, running on a config written to a temp dir.
@@ -124,21 +127,28 @@ impl Sniroute {
 
     /// Starts on the config at `path`; `dir` is kept alive as long as the process.
     pub fn launch(dir: tempfile::TempDir, path: &Path, opts: Opts) -> Sniroute {
-        let mut command = match opts.nofile {
-            None => Command::new(env!("CARGO_BIN_EXE_sniroute")),
+        let mut argv: Vec<String> = match opts.nofile {
+            None => vec![env!("CARGO_BIN_EXE_sniroute").to_owned()],
             Some(n) => {
                 // Lower RLIMIT_NOFILE through the shell's `ulimit` (without -S or
                 // -H it sets both), then exec.
                 let soft = opts
                     .nofile_soft
                     .map_or(String::new(), |s| format!(" && ulimit -S -n {s}"));
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("ulimit -n {n}{soft} && exec \"$0\" \"$@\""))
-                    .arg(env!("CARGO_BIN_EXE_sniroute"));
-                c
+                vec![
+                    "sh".to_owned(),
+                    "-c".to_owned(),
+                    format!("ulimit -n {n}{soft} && exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_sniroute").to_owned(),
+                ]
             }
         };
+        if let Some(ns) = &opts.netns {
+            let exec = ["ip", "netns", "exec", ns.as_str()].map(str::to_owned);
+            argv.splice(0..0, exec);
+        }
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
         command
             .args(&opts.args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)));
