@@ -180,19 +180,12 @@ impl Listeners {
         removed
     }
 
-    /// Stops every accept loop and closes the sockets, so that from then on the
-    /// kernel refuses new connections (unless another process, a successor or
-    /// systemd's fd store, holds them too).
+    /// Lets go of every socket once the drain has begun: the accept loops drop
+    /// theirs as they stop, and then the kernel refuses new connections
+    /// (unless another process, a successor or systemd's fd store, holds the
+    /// sockets too).
     pub fn close_all(&mut self) {
-        for (_, running) in self.running.drain() {
-            running.task.abort();
-        }
-    }
-}
-
-impl Drop for Listeners {
-    fn drop(&mut self) {
-        self.close_all();
+        self.running.clear();
     }
 }
 

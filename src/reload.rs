@@ -126,7 +126,8 @@ impl Reloader {
         &self.listeners
     }
 
-    /// Closes every listening socket: the drain has begun.
+    /// Closes every listening socket; called once the drain has begun, which
+    /// stops the accept loops.
     pub fn stop_listening(&mut self) {
         self.listeners.close_all();
     }
