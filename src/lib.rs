@@ -14,7 +14,8 @@
 //! 6. [`connect`] connects, moving on to the next server at once on failure;
 //! 7. [`relay`] replays the peeked bytes and copies both ways until both close.
 //!
-//! [`server`] runs the listeners, [`reload`] and the shutdown; [`config`] turns
+//! [`server`] runs the listeners, [`reload`], binary [`upgrade`]s (with the
+//! sockets [`handover`] carries from one process to the next) and the shutdown; [`config`] turns
 //! the TOML into the immutable tables all of this reads. [`import`] translates
 //! an nginx `stream {}` config into sniroute's (`sniroute import-nginx`);
 //! [`acme`] computes an ACME account key's thumbprint (`sniroute
@@ -37,6 +38,7 @@ pub mod config;
 pub mod connect;
 pub mod connections;
 pub mod explain;
+pub mod handover;
 pub mod histogram;
 pub mod import;
 pub mod listener;
@@ -57,3 +59,4 @@ pub mod shutdown;
 pub mod status;
 pub mod systemd;
 pub mod throttle;
+pub mod upgrade;

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,11 +24,13 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::connections::Connections;
+use crate::handover::{self, Inherited};
 use crate::metrics::{ListenerStats, Metrics};
 use crate::outcome::Outcome;
 use crate::proxy::{self, Endpoint};
 use crate::resources::{self, Operation, Resource};
 use crate::shutdown::{Phase, Shutdown};
+use crate::systemd;
 use crate::throttle::Throttle;
 
 const BACKLOG: i32 = 4096;
@@ -67,6 +70,24 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     bind().map_err(|error| BindError { addr, error })
 }
 
+/// The socket handed over for `addr` (see [`crate::handover`]) if there is
+/// one, else a new one from [`bind`].
+pub fn adopt_or_bind(
+    addr: SocketAddr,
+    inherited: &mut Inherited,
+) -> Result<TcpListener, BindError> {
+    match inherited.take(addr) {
+        Some(socket) => {
+            let adopt = || {
+                socket.set_nonblocking(true)?;
+                TcpListener::from_std(socket)
+            };
+            adopt().map_err(|error| BindError { addr, error })
+        }
+        None => bind(addr),
+    }
+}
+
 /// What every accept loop shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -79,8 +100,15 @@ pub struct Shared {
 
 /// The running accept loops, one per bind address.
 pub struct Listeners {
-    running: HashMap<SocketAddr, JoinHandle<()>>,
+    running: HashMap<SocketAddr, Running>,
     shared: Shared,
+}
+
+/// One accept loop and its socket, which is shared so that the socket can be
+/// handed on ([`Listeners::sockets`]) while the loop accepts on it.
+struct Running {
+    task: JoinHandle<()>,
+    socket: Arc<TcpListener>,
 }
 
 impl Listeners {
@@ -92,15 +120,17 @@ impl Listeners {
     }
 
     /// Binds every address of `config` that is not running yet, without starting
-    /// anything. On error the sockets bound so far are closed again.
+    /// anything; a socket in `inherited` is taken instead of binding anew. On
+    /// error the sockets bound so far are closed again.
     pub fn bind_missing(
         &self,
         config: &Config,
+        inherited: &mut Inherited,
     ) -> Result<Vec<(SocketAddr, TcpListener)>, BindError> {
         config
             .binds()
             .filter(|addr| !self.running.contains_key(addr))
-            .map(|addr| bind(addr).map(|socket| (addr, socket)))
+            .map(|addr| adopt_or_bind(addr, inherited).map(|socket| (addr, socket)))
             .collect()
     }
 
@@ -109,9 +139,23 @@ impl Listeners {
         for (addr, socket) in bound {
             tracing::info!(listener = %addr, "listening");
             let stats = self.shared.metrics.listener(addr);
-            let task = tokio::spawn(accept_loop(socket, addr, stats, self.shared.clone()));
-            self.running.insert(addr, task);
+            let socket = Arc::new(socket);
+            let task = tokio::spawn(accept_loop(
+                Arc::clone(&socket),
+                addr,
+                stats,
+                self.shared.clone(),
+            ));
+            self.running.insert(addr, Running { task, socket });
         }
+    }
+
+    /// Every listening socket, by address: what an upgrade or systemd's fd
+    /// store takes over.
+    pub fn sockets(&self) -> impl Iterator<Item = (SocketAddr, BorrowedFd<'_>)> {
+        self.running
+            .iter()
+            .map(|(addr, r)| (*addr, r.socket.as_fd()))
     }
 
     /// Stops accepting on every address `config` no longer has; connections
@@ -125,9 +169,11 @@ impl Listeners {
             .copied()
             .collect();
         for addr in &removed {
-            if let Some(task) = self.running.remove(addr) {
-                // The task owns the socket: aborting it closes the socket.
-                task.abort();
+            if let Some(running) = self.running.remove(addr) {
+                // With the task gone, dropping `running` closes the socket.
+                running.task.abort();
+                // A copy in systemd's fd store would keep it open.
+                systemd::forget(&handover::name(*addr));
                 tracing::info!(listener = %addr, "stopped listening (removed from the config)");
             }
         }
@@ -135,9 +181,20 @@ impl Listeners {
     }
 }
 
+impl Drop for Listeners {
+    /// Accept loops end with the drain; this closes their sockets, so that from
+    /// then on the kernel refuses new connections (unless another process, a
+    /// successor or systemd's fd store, holds them too).
+    fn drop(&mut self) {
+        for running in self.running.values() {
+            running.task.abort();
+        }
+    }
+}
+
 /// Accepts on `listener` until shutdown, spawning one task per connection.
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     bind: SocketAddr,
     stats: Arc<ListenerStats>,
     mut shared: Shared,

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use sniroute::pool::Registry;
-use sniroute::{acme, config, explain, import, logging, server};
+use sniroute::{acme, config, explain, import, logging, server, upgrade};
 
 /// `import-nginx` printed a config, but something that decides who may
 /// connect, where connections go or what servers receive was not carried
@@ -60,8 +60,10 @@ Signals:
   SIGTERM, SIGINT  graceful stop: stop accepting, let open connections finish
                    for up to timeouts.shutdown, then exit; a second signal
                    exits at once
-  SIGUSR2          reserved for binary upgrades, not handled yet: it ends the
-                   process at once (the default action), without a drain
+  SIGUSR2          binary upgrade: start the binary at this process's path
+                   (as the file is now) with the same arguments, on the same
+                   listening sockets; once it is ready, stop accepting and
+                   drain as for SIGTERM. If it fails, keep serving and log why
 
 Logging, in the config file (logs go to stderr):
   [log]
@@ -74,7 +76,9 @@ Environment:
                         EnvFilter syntax, e.g. RUST_LOG=debug)
   SNIROUTE_RELAY=copy   copy bytes through user space instead of splice(2)
   NOTIFY_SOCKET         set by systemd for Type=notify: start-up, reloads and
-                        the stop are reported there
+                        the stop are reported there; on SIGTERM the listening
+                        sockets go to its fd store (unless FDSTORE=0), and
+                        LISTEN_FDS hands them back at the next start
   TOKIO_WORKER_THREADS  threads serving connections (default: one per CPU)";
 
 #[derive(Debug, Subcommand)]
@@ -172,6 +176,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         path: cli.config,
         text,
         watch: !cli.no_watch,
+        invocation: upgrade::Invocation::current()
+            .map_err(|e| {
+                tracing::warn!(
+                    "cannot find the running binary's path; SIGUSR2 will not upgrade: {e}"
+                )
+            })
+            .ok(),
     };
     let registry = Arc::new(Registry::default());
     runtime.block_on(server::run(config, registry, options))?;

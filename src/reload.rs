@@ -24,6 +24,7 @@ use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config, ConfigError};
+use crate::handover::Inherited;
 use crate::listener::{BindError, Listeners};
 use crate::metrics::Metrics;
 use crate::pool::Registry;
@@ -120,6 +121,11 @@ impl Reloader {
         systemd::ready();
     }
 
+    /// The running listeners, for an upgrade or systemd's fd store to take.
+    pub fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
     async fn apply(&mut self, text: String) -> Result<Diff, ReloadError> {
         let previous = self.current.load_full();
         let path = self.path.clone();
@@ -133,7 +139,9 @@ impl Reloader {
         for warning in &config.warnings {
             tracing::warn!("{warning}");
         }
-        let bound = self.listeners.bind_missing(&config)?;
+        let bound = self
+            .listeners
+            .bind_missing(&config, &mut Inherited::default())?;
         if config.log != previous.log {
             tracing::warn!("[log] changes take effect at the next restart");
         }

@@ -1,20 +1,32 @@
-//! Running sniroute: bind every listener, serve, reload on demand, drain, exit.
+//! Running sniroute: bind every listener (or take the sockets handed over, see
+//! [`crate::handover`]), serve, reload on demand, upgrade on demand, drain, exit.
 //!
 //! SIGHUP and changes of the config file reload it (see [`crate::reload`]).
-//! SIGTERM or SIGINT stops every accept loop (their sockets close, so new
-//! connections are refused by the kernel), then open connections get up to
-//! `timeouts.shutdown` to finish; the metrics endpoint keeps answering, with
-//! `/healthz` at 503, until the process exits. A second signal during the drain exits at once.
+//! SIGUSR2 starts a new process on the listening sockets ([`crate::upgrade`]);
+//! once it is ready this one stops accepting and serving the metrics endpoint,
+//! and drains. SIGTERM or SIGINT stops every accept loop, then open connections
+//! get up to `timeouts.shutdown` to finish; the metrics endpoint keeps
+//! answering, with `/healthz` at 503, until the process exits. The listening
+//! sockets close then (new connections are refused by the kernel), unless
+//! systemd has an fd store for them: they go there and wait for the next start.
+//! A second signal during the drain exits at once.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::connections::Connections;
+use crate::handover::{self, Inherited};
 use crate::listener::{self, BindError, Listeners, Shared};
 use crate::metrics::{endpoint, Metrics};
 use crate::pool::Registry;
@@ -24,6 +36,7 @@ use crate::resources;
 use crate::shutdown::{self, Phase};
 use crate::status::Page;
 use crate::systemd;
+use crate::upgrade::{self, Invocation, Successor, UpgradeError};
 
 /// How to run.
 #[derive(Debug)]
@@ -34,6 +47,8 @@ pub struct Options {
     pub text: String,
     /// Reload when the file changes (`--no-watch` turns this off).
     pub watch: bool,
+    /// What SIGUSR2 starts; `None` if it could not be found out at start.
+    pub invocation: Option<Invocation>,
 }
 
 /// Why the server could not start.
@@ -45,7 +60,16 @@ pub enum ServerError {
     Signals(std::io::Error),
 }
 
-/// Serves `config` until SIGTERM/SIGINT and the drain that follows.
+/// Why serving ends.
+enum End {
+    /// SIGTERM or SIGINT.
+    Stop(&'static str),
+    /// A new process serves now (SIGUSR2).
+    HandedOver(Successor),
+}
+
+/// Serves `config` until SIGTERM/SIGINT or a completed upgrade, and the drain
+/// that follows.
 pub async fn run(
     config: Config,
     registry: Arc<Registry>,
@@ -53,6 +77,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     resources::raise_descriptor_limit();
     let mut signals = Signals::new().map_err(ServerError::Signals)?;
+    let mut inherited = Inherited::from_env();
     let current = Arc::new(ArcSwap::from_pointee(config));
     let connections = Arc::new(Connections::default());
     let (phase, shutdown) = shutdown::channel();
@@ -65,18 +90,21 @@ pub async fn run(
     });
     // Bind everything before accepting anything: a config that cannot be served
     // whole is not served at all.
-    let bound = listeners.bind_missing(&current.load())?;
+    let bound = listeners.bind_missing(&current.load(), &mut inherited)?;
+    let mut endpoint = None;
     if let Some(addr) = current.load().metrics {
-        let socket = listener::bind(addr)?;
+        let socket = Arc::new(listener::adopt_or_bind(addr, &mut inherited)?);
         tracing::info!(metrics = %addr, "serving GET /metrics, /status and /healthz");
         let page = Arc::new(Page::new(Arc::clone(&current), Arc::clone(&connections)));
-        tokio::spawn(endpoint::serve(
-            socket,
+        let task = tokio::spawn(endpoint::serve(
+            Arc::clone(&socket),
             Arc::clone(&metrics),
             page,
             shutdown,
         ));
+        endpoint = Some(Endpoint { addr, socket, task });
     }
+    inherited.close_rest();
     registry.commit(&current.load().pools);
     listeners.start(bound);
     if running_as_root() {
@@ -89,9 +117,15 @@ pub async fn run(
         current.load().limits.max_connections,
         Engine::detect().descriptors_per_connection(),
     );
-    systemd::ready();
+    if upgrade::is_successor() {
+        systemd::ready_as_main();
+        upgrade::announce_ready();
+    } else {
+        systemd::ready();
+    }
     tracing::info!(
         relay = %Engine::detect().as_str(),
+        pid = std::process::id(),
         "sniroute {} ready",
         env!("CARGO_PKG_VERSION")
     );
@@ -105,6 +139,7 @@ pub async fn run(
     } else {
         None
     };
+    let invocation = options.invocation;
     let mut reloader = Reloader::new(
         options.path,
         Arc::clone(&current),
@@ -113,22 +148,69 @@ pub async fn run(
         registry,
         options.text,
     );
-    let name = loop {
+    let mut upgrading: Option<Upgrading> = None;
+    let end = loop {
         tokio::select! {
-            name = signals.stop.next() => break name,
+            name = signals.stop.next() => break End::Stop(name),
             _ = signals.hup.recv() => reloader.reload(Trigger::Signal).await,
             () = file_changed(&mut watcher) => reloader.reload(Trigger::FileChange).await,
+            _ = signals.usr2.recv() => {
+                if upgrading.is_some() {
+                    tracing::warn!("SIGUSR2: an upgrade is already under way; ignored");
+                    continue;
+                }
+                let Some(invocation) = invocation.clone() else {
+                    tracing::error!("SIGUSR2: cannot upgrade: the path of the running binary was not known at start");
+                    continue;
+                };
+                tracing::info!("SIGUSR2: upgrading: starting {}", invocation.exe().display());
+                let sockets = handed_on(reloader.listeners(), endpoint.as_ref());
+                upgrading = Some(Box::pin(async move {
+                    let fds: Vec<_> = sockets.iter().map(|s| s.as_fd()).collect();
+                    upgrade::start(&invocation, &fds).await
+                }));
+            }
+            result = upgrade_done(&mut upgrading) => match result {
+                Ok(successor) => break End::HandedOver(successor),
+                Err(e) => tracing::error!("upgrade failed, still serving: {e}"),
+            },
         }
     };
 
-    systemd::stopping();
     let timeout = current.load().timeouts.shutdown;
-    tracing::info!(
-        signal = name,
-        open = connections.open(),
-        "shutting down: no new connections; draining for up to {timeout:?}"
-    );
+    match &end {
+        End::Stop(name) => {
+            if systemd::fd_store_enabled() {
+                // The next start finds them waiting, with the connections
+                // queued meanwhile.
+                for (addr, fd) in handed_on_fds(reloader.listeners(), endpoint.as_ref()) {
+                    systemd::store(&handover::name(addr), fd);
+                }
+            }
+            systemd::stopping();
+            tracing::info!(
+                signal = name,
+                open = connections.open(),
+                "shutting down: no new connections; draining for up to {timeout:?}"
+            );
+        }
+        End::HandedOver(successor) => {
+            // The successor answers /metrics and /healthz from now on; this
+            // process is no longer the service, so it tells systemd nothing.
+            if let Some(endpoint) = endpoint.take() {
+                endpoint.task.abort();
+            }
+            tracing::info!(
+                successor = successor.pid,
+                open = connections.open(),
+                "upgrade: process {} is ready and serves now; this one stops accepting and drains for up to {timeout:?}",
+                successor.pid
+            );
+        }
+    }
     let _ = phase.send(Phase::Draining);
+    // Closes this process's copies of the listening sockets.
+    drop(reloader);
     tokio::select! {
         () = connections.all_closed() => {
             tracing::info!("all connections closed; exiting");
@@ -147,6 +229,53 @@ pub async fn run(
     let _ = phase.send(Phase::Closing);
     let _ = tokio::time::timeout(Duration::from_secs(1), connections.all_closed()).await;
     Ok(())
+}
+
+/// The metrics endpoint's socket and task, kept to hand the socket on and to
+/// stop serving it once a successor does.
+struct Endpoint {
+    addr: SocketAddr,
+    socket: Arc<TcpListener>,
+    task: JoinHandle<()>,
+}
+
+/// Every listening socket with its address: the listeners' and the metrics
+/// endpoint's.
+fn handed_on_fds<'a>(
+    listeners: &'a Listeners,
+    endpoint: Option<&'a Endpoint>,
+) -> Vec<(SocketAddr, BorrowedFd<'a>)> {
+    let mut fds: Vec<_> = listeners.sockets().collect();
+    fds.extend(endpoint.map(|e| (e.addr, e.socket.as_fd())));
+    fds
+}
+
+/// Owned duplicates of [`handed_on_fds`], for an upgrade that runs while the
+/// listeners may change (a reload does not wait for it).
+fn handed_on(listeners: &Listeners, endpoint: Option<&Endpoint>) -> Vec<OwnedFd> {
+    handed_on_fds(listeners, endpoint)
+        .into_iter()
+        .filter_map(|(addr, fd)| match fd.try_clone_to_owned() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::error!(listener = %addr, "upgrade: cannot duplicate the socket, the new process binds it anew: {e}");
+                None
+            }
+        })
+        .collect()
+}
+
+/// An upgrade under way: the new process started, not ready yet.
+type Upgrading = Pin<Box<dyn Future<Output = Result<Successor, UpgradeError>> + Send>>;
+
+/// The outcome of the upgrade under way; pending while there is none.
+async fn upgrade_done(upgrading: &mut Option<Upgrading>) -> Result<Successor, UpgradeError> {
+    let Some(pending) = upgrading else {
+        return std::future::pending().await;
+    };
+    let result = pending.await;
+    *upgrading = None;
+    result
 }
 
 /// Whether the effective user is root, from `/proc/self/status` (no libc needed).
@@ -171,6 +300,7 @@ async fn file_changed(watcher: &mut Option<Watcher>) {
 struct Signals {
     stop: StopSignals,
     hup: Signal,
+    usr2: Signal,
 }
 
 struct StopSignals {
@@ -186,6 +316,7 @@ impl Signals {
                 int: signal(SignalKind::interrupt())?,
             },
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }

@@ -49,7 +49,7 @@ const BACKOFF: Duration = Duration::from_millis(100);
 /// Serves `metrics`, `page` and the health answer on `listener` until the
 /// process exits (the drain included: `shutdown` only changes `/healthz`).
 pub async fn serve(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     metrics: Arc<Metrics>,
     page: Arc<Page>,
     shutdown: Shutdown,

@@ -99,6 +99,8 @@ pub struct Opts {
     pub nofile_soft: Option<u32>,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run this binary instead of the one cargo built (a copy a test may replace).
+    pub exe: Option<PathBuf>,
 }
 
 /// The real binary, running on a config written to a temp dir.
@@ -124,8 +126,12 @@ impl Sniroute {
 
     /// Starts on the config at `path`; `dir` is kept alive as long as the process.
     pub fn launch(dir: tempfile::TempDir, path: &Path, opts: Opts) -> Sniroute {
+        let exe = opts
+            .exe
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sniroute")));
         let mut command = match opts.nofile {
-            None => Command::new(env!("CARGO_BIN_EXE_sniroute")),
+            None => Command::new(&exe),
             Some(n) => {
                 // Lower RLIMIT_NOFILE through the shell's `ulimit` (without -S or
                 // -H it sets both), then exec.
@@ -135,14 +141,14 @@ impl Sniroute {
                 let mut c = Command::new("sh");
                 c.arg("-c")
                     .arg(format!("ulimit -n {n}{soft} && exec \"$0\" \"$@\""))
-                    .arg(env!("CARGO_BIN_EXE_sniroute"));
+                    .arg(&exe);
                 c
             }
         };
         command
             .args(&opts.args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)));
-        let mut child = command
+        let child = command
             .arg("--config")
             .arg(path)
             .env_remove("RUST_LOG")
@@ -150,6 +156,12 @@ impl Sniroute {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        Self::spawned(child, dir)
+    }
+
+    /// Takes over a started process whose stderr is piped, and waits until it
+    /// reports ready.
+    pub fn spawned(mut child: Child, dir: tempfile::TempDir) -> Sniroute {
         let log = capture(child.stderr.take().unwrap());
         let s = Sniroute { child, dir, log };
         s.wait_log("ready");
