@@ -83,12 +83,12 @@ impl Inherited {
     }
 
     fn adopt(&mut self, fd: RawFd, stored_as: Option<String>, from: &str) {
-        // SAFETY: borrowed only for the checks below; fcntl first tells whether
-        // the number is an open descriptor at all.
+        // SAFETY: fcntl(F_GETFD) only asks whether the number is an open descriptor.
         if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             tracing::warn!("{from}: descriptor {fd} is not an open socket; ignored");
             return;
         }
+        // SAFETY: open (checked above), and only borrowed for the checks below.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let socket = SockRef::from(&borrowed);
         let addr = match (socket.r#type(), socket.is_listener(), socket.local_addr()) {

@@ -179,16 +179,20 @@ impl Listeners {
         }
         removed
     }
+
+    /// Stops every accept loop and closes the sockets, so that from then on the
+    /// kernel refuses new connections (unless another process, a successor or
+    /// systemd's fd store, holds them too).
+    pub fn close_all(&mut self) {
+        for (_, running) in self.running.drain() {
+            running.task.abort();
+        }
+    }
 }
 
 impl Drop for Listeners {
-    /// Accept loops end with the drain; this closes their sockets, so that from
-    /// then on the kernel refuses new connections (unless another process, a
-    /// successor or systemd's fd store, holds them too).
     fn drop(&mut self) {
-        for running in self.running.values() {
-            running.task.abort();
-        }
+        self.close_all();
     }
 }
 

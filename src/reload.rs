@@ -126,6 +126,11 @@ impl Reloader {
         &self.listeners
     }
 
+    /// Closes every listening socket: the drain has begun.
+    pub fn stop_listening(&mut self) {
+        self.listeners.close_all();
+    }
+
     async fn apply(&mut self, text: String) -> Result<Diff, ReloadError> {
         let previous = self.current.load_full();
         let path = self.path.clone();

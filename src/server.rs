@@ -210,7 +210,7 @@ pub async fn run(
     }
     let _ = phase.send(Phase::Draining);
     // Closes this process's copies of the listening sockets.
-    drop(reloader);
+    reloader.stop_listening();
     tokio::select! {
         () = connections.all_closed() => {
             tracing::info!("all connections closed; exiting");

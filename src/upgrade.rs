@@ -111,13 +111,17 @@ pub async fn start(
             Ok(())
         });
     }
-    let mut child = command.spawn().map_err(|error| UpgradeError::Spawn {
+    let child = command.spawn().map_err(|error| UpgradeError::Spawn {
         exe: invocation.exe.display().to_string(),
         error,
     })?;
+    let mut starting = Starting {
+        child,
+        ready: false,
+    };
     // Our copy of the child's end must go, or its exit would not end the read.
     drop(theirs);
-    let pid = child.id().unwrap_or_default();
+    let pid = starting.child.id().unwrap_or_default();
     tracing::info!(pid, exe = %invocation.exe.display(), "upgrade: started the new process; waiting until it is ready");
 
     let ready = async {
@@ -127,26 +131,49 @@ pub async fn start(
         Ok::<_, std::io::Error>(ours.read(&mut byte).await? == 1)
     };
     match tokio::time::timeout(READY_TIMEOUT, ready).await {
-        Ok(Ok(true)) => Ok(Successor { pid }),
+        Ok(Ok(true)) => {
+            starting.ready = true;
+            Ok(Successor { pid })
+        }
         Ok(_) => Err(UpgradeError::Exited {
             pid,
-            status: exit_status(&mut child).await,
+            status: exit_status(&mut starting.child).await,
         }),
         Err(_) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            let _ = starting.child.start_kill();
+            let _ = starting.child.wait().await;
             Err(UpgradeError::TimedOut { pid })
         }
     }
 }
 
-/// The child's exit status once it has gone (it closed its end, so it is
-/// exiting); it is waited for a little, then described as it is.
+/// A new process that is not ready yet. Dropped so (the upgrade was given up:
+/// SIGTERM came meanwhile), it is killed: it must not start serving after the
+/// process that started it has stopped.
+/// Once ready it serves, and must outlive this process.
+struct Starting {
+    child: Child,
+    ready: bool,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if !self.ready {
+            let _ = self.child.start_kill();
+        }
+    }
+}
+
+/// The child's exit status: it closed its end of the channel, so it is
+/// exiting; one that does not within 5 s is killed.
 async fn exit_status(child: &mut Child) -> String {
     match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
         Ok(Ok(status)) => describe(status),
         Ok(Err(e)) => format!("an unknown status ({e})"),
-        Err(_) => "its readiness channel closed (it is still running; killed it)".to_owned(),
+        Err(_) => {
+            let _ = child.start_kill();
+            "its readiness channel closed while it kept running (killed it)".to_owned()
+        }
     }
 }
 

@@ -195,6 +195,20 @@ async fn acme_pool_gets_every_challenge_unchanged() {
         lines[0].contains("route=acme_pool pool=solver") && lines[0].contains("outcome=closed"),
         "{lines:?}"
     );
+    let text = get_metrics(metrics);
+    let routed = |route: &str, pool: &str| {
+        metric(
+            &text,
+            "sniroute_routed_connections_total",
+            &[
+                ("listener", &listen.to_string()),
+                ("route", route),
+                ("pool", pool),
+            ],
+        )
+    };
+    assert_eq!(routed("acme_pool", "solver"), Some(1.0), "{text}");
+    assert_eq!(routed("web.example.com", "web"), Some(1.0), "{text}");
 }
 
 #[test]

@@ -341,6 +341,10 @@ async fn systemd_notifications_for_start_reload_and_stop() {
     assert!(usec > 0);
     assert_eq!(recv().trim_end(), "READY=1");
     proxy.signal("TERM");
+    // The listening socket goes to the fd store first (no FDSTORE=0 here; see
+    // tests/upgrade.rs for the round trip), then the drain starts.
+    let name = format!("tcp-{listen}").replace(':', "_");
+    assert_eq!(recv().trim_end(), format!("FDSTORE=1\nFDNAME={name}"));
     assert_eq!(recv().trim_end(), "STOPPING=1");
     assert_eq!(proxy.wait_exit(DEADLINE).code(), Some(0));
 }

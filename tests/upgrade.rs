@@ -539,6 +539,16 @@ async fn under_systemd_the_new_process_becomes_main_and_the_old_one_never_says_s
     assert!(answer.is_ok(), "{answer:?}");
 }
 
+/// Nothing listens on `addr` any more: the kernel refuses.
+async fn assert_refused(addr: SocketAddr) {
+    let connect = TcpStream::connect(addr).await;
+    assert_eq!(
+        connect.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{addr} must be closed"
+    );
+}
+
 /// Duplicates `fd` to a number above the ones the child gets them at.
 fn high(fd: &impl AsRawFd) -> OwnedFd {
     // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own.
@@ -666,12 +676,7 @@ async fn under_systemd_sigterm_stores_the_sockets_and_the_next_start_takes_them_
             "READY=1\n".to_string()
         ]
     );
-    let refused = TcpStream::connect(stale_addr).await;
-    assert_eq!(
-        refused.map_err(|e| e.kind()).err(),
-        Some(std::io::ErrorKind::ConnectionRefused),
-        "the stale socket must be closed"
-    );
+    assert_refused(stale_addr).await;
     let tally = Tally::default();
     exchange(listen, 2, 1000, &tally).await.unwrap();
 }
@@ -683,9 +688,86 @@ async fn run_bare_sigterm_closes_the_sockets() {
     let mut proxy = Sniroute::start(&config(listen, metrics, up.addr));
     proxy.signal("TERM");
     proxy.wait_exit(Duration::from_secs(30));
-    let refused = TcpStream::connect(listen).await;
-    assert_eq!(
-        refused.map_err(|e| e.kind()).err(),
-        Some(std::io::ErrorKind::ConnectionRefused)
+    assert_refused(listen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fdstore_0_keeps_the_sockets_out_of_the_fd_store() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Echo).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let (dir, _exe, path) = install(&config(listen, metrics, up.addr));
+    let notify = Notify::bind(dir.path());
+    let mut proxy = Sniroute::launch(
+        dir,
+        &path,
+        Opts {
+            env: vec![notify.env(), ("FDSTORE".into(), "0".into())],
+            ..Opts::default()
+        },
     );
+    notify.until("READY=1");
+    proxy.signal("TERM");
+    let messages = notify.until("STOPPING=1");
+    let texts: Vec<&str> = messages.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(texts, ["STOPPING=1\n"]);
+    proxy.wait_exit(Duration::from_secs(30));
+    assert_refused(listen).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptors_that_are_not_listening_sockets_are_left_alone() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Echo).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let proxy = Sniroute::start_with(
+        &config(listen, metrics, up.addr),
+        Opts {
+            env: vec![("SNIROUTE_LISTEN_FDS".into(), "2,abc,999".into())],
+            ..Opts::default()
+        },
+    );
+    let log = proxy.log();
+    for warning in [
+        "SNIROUTE_LISTEN_FDS: descriptor 2 is not an open socket; ignored",
+        "SNIROUTE_LISTEN_FDS: `abc` is not a descriptor number; ignored",
+        "SNIROUTE_LISTEN_FDS: descriptor 999 is not an open socket; ignored",
+    ] {
+        assert!(log.contains(warning), "want {warning:?} in:\n{log}");
+    }
+    assert!(!log.contains("took over"), "{log}");
+    exchange(listen, 3, 100, &Tally::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_an_upgrade_kills_the_new_process_before_it_serves() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Echo).await;
+    let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
+    let (dir, exe, path) = install(&config(listen, metrics, up.addr));
+    let mut proxy = Sniroute::launch(
+        dir,
+        &path,
+        Opts {
+            exe: Some(exe.clone()),
+            ..Opts::default()
+        },
+    );
+    // A "new binary" that never gets ready (and, being one process, holds the
+    // handed-over sockets as sniroute would).
+    replace(&exe, b"#!/bin/sh\nexec sleep 20\n", 0o755);
+    proxy.signal("USR2");
+    let log = proxy.wait_log("upgrade: started the new process");
+    let pid: i32 = log
+        .split("waiting until it is ready pid=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in:\n{log}"));
+    let _starting = KillOnDrop(pid);
+    assert!(alive(pid));
+    proxy.signal("TERM");
+    assert!(proxy.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        poll(DEADLINE, || (!alive(pid)).then_some(())).is_some(),
+        "the new process {pid} outlived the one that started it"
+    );
+    assert_refused(listen).await;
 }

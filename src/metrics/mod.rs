@@ -25,7 +25,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::config::Config;
+use crate::config::{Acme, Config};
 use crate::connections::Connections;
 use crate::outcome::Outcome;
 use crate::peek::Reason;
@@ -243,7 +243,12 @@ impl Collector for Metrics {
             MetricType::Counter,
             config.listeners.iter().flat_map(|l| {
                 let listener = l.binds.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-                l.router.routes_and_default().into_iter().map(move |r| {
+                // An `acme_pool` is a route too (named `acme_pool`), taken before the others.
+                let acme = match &l.acme {
+                    Some(Acme::Pool(route)) => Some(route),
+                    _ => None,
+                };
+                l.router.routes_and_default().into_iter().chain(acme).map(move |r| {
                     let labels: Labels = vec![
                         ("listener", listener.clone()),
                         ("route", r.pattern.to_string()),

@@ -101,6 +101,9 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
     /// Run this binary instead of the one cargo built (a copy a test may replace).
     pub exe: Option<PathBuf>,
+    /// Run inside this network namespace (`ip netns exec`, which execs: the
+    /// child is still sniroute itself, so signals reach it).
+    pub netns: Option<String>,
 }
 
 /// The real binary, running on a config written to a temp dir.
@@ -126,25 +129,32 @@ impl Sniroute {
 
     /// Starts on the config at `path`; `dir` is kept alive as long as the process.
     pub fn launch(dir: tempfile::TempDir, path: &Path, opts: Opts) -> Sniroute {
-        let exe = opts
-            .exe
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sniroute")));
-        let mut command = match opts.nofile {
-            None => Command::new(&exe),
+        let exe = opts.exe.clone().map_or_else(
+            || env!("CARGO_BIN_EXE_sniroute").to_owned(),
+            |p| p.display().to_string(),
+        );
+        let mut argv: Vec<String> = match opts.nofile {
+            None => vec![exe],
             Some(n) => {
                 // Lower RLIMIT_NOFILE through the shell's `ulimit` (without -S or
                 // -H it sets both), then exec.
                 let soft = opts
                     .nofile_soft
                     .map_or(String::new(), |s| format!(" && ulimit -S -n {s}"));
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("ulimit -n {n}{soft} && exec \"$0\" \"$@\""))
-                    .arg(&exe);
-                c
+                vec![
+                    "sh".to_owned(),
+                    "-c".to_owned(),
+                    format!("ulimit -n {n}{soft} && exec \"$0\" \"$@\""),
+                    exe,
+                ]
             }
         };
+        if let Some(ns) = &opts.netns {
+            let exec = ["ip", "netns", "exec", ns.as_str()].map(str::to_owned);
+            argv.splice(0..0, exec);
+        }
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
         command
             .args(&opts.args)
             .envs(opts.env.iter().map(|(k, v)| (k, v)));
