@@ -47,6 +47,10 @@ fn the_unit_checks_then_runs_the_default_config_as_the_sniroute_user() {
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE".to_owned(),
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX".to_owned(),
         "SystemCallFilter=@system-service".to_owned(),
+        // An upgrade's new process says MAINPID= before it is the main one.
+        "NotifyAccess=all".to_owned(),
+        // SIGTERM lends the listening sockets to systemd's fd store.
+        "FileDescriptorStoreMax=64".to_owned(),
     ] {
         assert!(
             lines.contains(&expected.as_str()),
