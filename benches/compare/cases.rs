@@ -93,6 +93,10 @@ struct Usage {
     /// Everything else the machine did, % of one core: interrupt and softirq
     /// time no process is charged for, and other processes (noise).
     other_busy: f64,
+    /// The whole machine's CPU seconds, every core, softirq included: the cost
+    /// of the case that nothing can hide from (the load generator and the
+    /// upstream, both in this process, count too, the same for every peer).
+    machine: f64,
 }
 
 fn usage(before: &Clocks, pid: Option<u32>) -> Usage {
@@ -106,6 +110,7 @@ fn usage(before: &Clocks, pid: Option<u32>) -> Usage {
         proxy_busy: 100.0 * proxy / wall,
         own_busy: 100.0 * own / wall,
         other_busy: (100.0 * (machine - proxy - own) / wall).max(0.0),
+        machine,
     }
 }
 
@@ -172,26 +177,36 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
             let counted = run_once(s.run).await;
             let used = usage(&before, pid);
             let rate = counted.done as f64 / counted.elapsed.as_secs_f64();
-            let (rate_key, cpu_key, busy_key, own_key, other_key) = if case == Case::Tls {
-                (
-                    "tls_conn_rate",
-                    "cpu_per_1k_tls_conns",
-                    "proxy_busy_tls",
-                    "loadgen_busy_tls",
-                    "other_busy_tls",
-                )
-            } else {
-                (
-                    "replay_conn_rate",
-                    "cpu_per_1k_conns",
-                    "proxy_busy_replay",
-                    "loadgen_busy_replay",
-                    "other_busy_replay",
-                )
-            };
+            let (rate_key, cpu_key, machine_key, busy_key, own_key, other_key) =
+                if case == Case::Tls {
+                    (
+                        "tls_conn_rate",
+                        "cpu_per_1k_tls_conns",
+                        "machine_cpu_per_1k_tls_conns",
+                        "proxy_busy_tls",
+                        "loadgen_busy_tls",
+                        "other_busy_tls",
+                    )
+                } else {
+                    (
+                        "replay_conn_rate",
+                        "cpu_per_1k_conns",
+                        "machine_cpu_per_1k_conns",
+                        "proxy_busy_replay",
+                        "loadgen_busy_replay",
+                        "other_busy_replay",
+                    )
+                };
             results.add(rate_key, peer, rate);
             results.add(own_key, peer, used.own_busy);
             results.add(other_key, peer, used.other_busy);
+            if counted.done > 0 {
+                results.add(
+                    machine_key,
+                    peer,
+                    used.machine * 1e3 * 1000.0 / counted.done as f64,
+                );
+            }
             if has_proxy && counted.done > 0 {
                 results.add(
                     cpu_key,
@@ -225,6 +240,13 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
             results.add("bulk", peer, bytes as f64 / 1e6 / s.run.as_secs_f64());
             results.add("loadgen_busy_bulk", peer, used.own_busy);
             results.add("other_busy_bulk", peer, used.other_busy);
+            if bytes > 0 {
+                results.add(
+                    "machine_cpu_per_gb",
+                    peer,
+                    used.machine * 1e3 / (bytes as f64 / 1e9),
+                );
+            }
             if has_proxy && bytes > 0 {
                 results.add("cpu_per_gb", peer, used.proxy * 1e3 / (bytes as f64 / 1e9));
                 results.add("proxy_busy_bulk", peer, used.proxy_busy);

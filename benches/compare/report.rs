@@ -96,6 +96,24 @@ pub const METRICS: &[Metric] = &[
         "CPU ms",
         false,
     ),
+    metric(
+        "machine_cpu_per_gb",
+        "whole-machine CPU per GB relayed (bulk)",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "machine_cpu_per_1k_conns",
+        "whole-machine CPU per 1,000 connections (replay)",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "machine_cpu_per_1k_tls_conns",
+        "whole-machine CPU per 1,000 connections (TLS)",
+        "CPU ms",
+        false,
+    ),
     // Diagnostics: how busy each core was, to tell who the bottleneck was.
     metric(
         "proxy_busy_replay",
