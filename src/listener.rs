@@ -27,6 +27,7 @@ use crate::connections::Connections;
 use crate::handover::{self, Inherited};
 use crate::metrics::{ListenerStats, Metrics};
 use crate::outcome::Outcome;
+use crate::peek::Protocol;
 use crate::proxy::{self, Endpoint};
 use crate::resources::{self, Operation, Resource};
 use crate::shutdown::{Phase, Shutdown};
@@ -88,6 +89,26 @@ pub fn adopt_or_bind(
     }
 }
 
+/// `TCP_DEFER_ACCEPT` on (one second) or off; see [`Listeners::tune`].
+fn defer_accept(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let seconds: libc::c_int = on.into();
+    // SAFETY: setsockopt reads a c_int of the size passed.
+    let done = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&seconds).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if done < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// What every accept loop shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -147,6 +168,26 @@ impl Listeners {
                 self.shared.clone(),
             ));
             self.running.insert(addr, Running { task, socket });
+        }
+    }
+
+    /// Sets what depends on the listener's protocol on every running socket;
+    /// called after each start and reload, as a reload may change it.
+    ///
+    /// Where the client speaks first (TLS, HTTP), `TCP_DEFER_ACCEPT` makes
+    /// the kernel hand over a connection only once its first bytes are in:
+    /// the first read finds the hello, which saves a read that would find
+    /// nothing and the wake-up it waits for. A client silent for about a
+    /// second is handed over anyway, and `timeouts.peek` applies as before.
+    /// Plain TCP is left alone: there the server may speak first.
+    pub fn tune(&self, config: &Config) {
+        for (addr, running) in &self.running {
+            let client_first = config
+                .listener_for(*addr)
+                .is_some_and(|i| config.listeners[i].protocol != Protocol::Tcp);
+            if let Err(e) = defer_accept(running.socket.as_fd(), client_first) {
+                tracing::debug!(listener = %addr, "cannot set TCP_DEFER_ACCEPT: {e}");
+            }
         }
     }
 

@@ -166,6 +166,7 @@ impl Reloader {
         self.registry.commit(&config.pools);
         self.listeners.start(bound);
         self.listeners.stop_removed(&self.current.load());
+        self.listeners.tune(&self.current.load());
         Ok(diff)
     }
 }

@@ -107,6 +107,7 @@ pub async fn run(
     inherited.close_rest();
     registry.commit(&current.load().pools);
     listeners.start(bound);
+    listeners.tune(&current.load());
     if running_as_root() {
         tracing::warn!(
             "running as root: sniroute needs only CAP_NET_BIND_SERVICE to bind ports below 1024; \

@@ -231,3 +231,54 @@ async fn ssh_keyscan_reaches_a_real_sshd() {
     let got: Vec<&str> = scanned.split_whitespace().skip(1).take(2).collect();
     assert_eq!(got, public, "ssh-keyscan said: {scanned}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_handed_over_at_once_on_tcp_but_only_with_its_hello_on_tls() {
+    let up = Upstream::start("127.0.0.2", "up", Mode::Echo).await;
+    let (tls, tcp, metrics) = (
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+        free_addr("127.0.0.1"),
+    );
+    let _proxy = Sniroute::start(&format!(
+        "[metrics]\nbind = \"{metrics}\"\n\
+         [[listeners]]\nbind = \"{tls}\"\nprotocol = \"tls\"\ndefault = \"up\"\n\
+         [[listeners]]\nbind = \"{tcp}\"\nprotocol = \"tcp\"\ndefault = \"up\"\n\
+         [upstreams.up]\nservers = [\"{}\"]\n",
+        up.addr
+    ));
+    let accepted = |listener: SocketAddr| {
+        metric(
+            &get_metrics(metrics),
+            "sniroute_connections_accepted_total",
+            &[("listener", &listener.to_string())],
+        )
+        .unwrap_or(0.0)
+    };
+    let mut silent_tls = TcpStream::connect(tls).await.unwrap();
+    let _silent_tcp = TcpStream::connect(tcp).await.unwrap();
+    // On tcp the server may speak first: the connection is taken at once.
+    assert!(
+        poll(DEADLINE, || (accepted(tcp) == 1.0).then_some(())).is_some(),
+        "tcp listener did not accept"
+    );
+    // On tls the kernel holds it (TCP_DEFER_ACCEPT) until the client speaks.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        accepted(tls),
+        0.0,
+        "a silent TLS client was accepted before its hello"
+    );
+    silent_tls
+        .write_all(&client_hello(Some("a.example.com"), 1))
+        .await
+        .unwrap();
+    assert!(
+        poll(DEADLINE, || (accepted(tls) == 1.0).then_some(())).is_some(),
+        "the hello did not get the TLS client accepted"
+    );
+    assert!(
+        poll(DEADLINE, || (up.accepted() == 2).then_some(())).is_some(),
+        "both reached the upstream"
+    );
+}
