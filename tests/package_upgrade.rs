@@ -223,25 +223,6 @@ impl Drop for Systemd {
     }
 }
 
-/// Kills a process the test did not spawn itself (the upgraded sniroute).
-struct KillOnDrop(i32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: a plain syscall on a pid.
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let exists = unsafe { libc::kill(pid, 0) } == 0;
-    exists
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 /// An upstream that accepts and closes, counting connections.
 fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.2:0").unwrap();

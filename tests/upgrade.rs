@@ -50,26 +50,6 @@ fn replace(path: &Path, bytes: &[u8], mode: u32) {
     std::fs::rename(&new, path).unwrap();
 }
 
-/// Kills a process this test did not spawn directly (the upgraded one, a
-/// grandchild), however the test ends.
-struct KillOnDrop(i32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: a plain syscall on a pid.
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
-}
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    let exists = unsafe { libc::kill(pid, 0) } == 0;
-    exists
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
 /// The pid in `upgrade: process N is ready` once that line is logged.
 fn successor(proxy: &Sniroute) -> i32 {
     let log = proxy.wait_log("serves now");
