@@ -83,8 +83,7 @@ impl Inherited {
     }
 
     fn adopt(&mut self, fd: RawFd, stored_as: Option<String>, from: &str) {
-        // SAFETY: fcntl(F_GETFD) only asks whether the number is an open descriptor.
-        if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        if !handed_over(fd) {
             tracing::warn!("{from}: descriptor {fd} is not an open socket; ignored");
             return;
         }
@@ -124,6 +123,13 @@ impl Inherited {
             }
         }
     }
+}
+
+/// Whether `fd`, a number another process passed, can be a descriptor handed
+/// to this one: open, and not standard input, output or error.
+pub fn handed_over(fd: RawFd) -> bool {
+    // SAFETY: fcntl(F_GETFD) only asks whether the number is an open descriptor.
+    fd > 2 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
 }
 
 fn set_cloexec(fd: BorrowedFd<'_>) -> std::io::Result<()> {

@@ -196,12 +196,12 @@ pub fn announce_ready() {
         tracing::warn!("{READY_FD_VAR}: `{value}` is not a descriptor number; ignored");
         return;
     };
-    // SAFETY: the variable names the socket our predecessor opened for this
-    // message; it is open (F_GETFD) and owned by nothing else here.
-    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+    if !handover::handed_over(fd) {
         tracing::warn!("{READY_FD_VAR}: descriptor {fd} is not open; ignored");
         return;
     }
+    // SAFETY: the variable names the socket our predecessor opened for this
+    // message; it is open (checked above) and owned by nothing else here.
     let mut channel = StdUnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
     if let Err(e) = channel.write_all(b"R") {
         tracing::warn!("cannot tell the previous process that this one is ready: {e}");
