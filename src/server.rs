@@ -106,6 +106,7 @@ pub async fn run(
     }
     inherited.close_rest();
     registry.commit(&current.load().pools);
+    tokio::spawn(anchor_timers());
     listeners.start(bound);
     listeners.tune(&current.load());
     if running_as_root() {
@@ -270,6 +271,22 @@ fn handed_on(listeners: &Listeners, endpoint: Option<&Endpoint>) -> Vec<OwnedFd>
 type Upgrading = Pin<Box<dyn Future<Output = Result<Successor, UpgradeError>> + Send>>;
 
 /// The outcome of the upgrade under way; pending while there is none.
+/// How often the timer anchor wakes: below the default connect and peek
+/// timeouts, so a new connection's deadline is never the earliest timer.
+const TIMER_ANCHOR: Duration = Duration::from_secs(1);
+
+/// Keeps a timer at most [`TIMER_ANCHOR`] away, for good. tokio wakes its own
+/// driver (an eventfd write, then one more `epoll_wait` return) whenever a new
+/// timer is earlier than every pending one. Without this, each connection's
+/// connect timeout (3 s) is such a timer whenever the only others are idle
+/// timeouts (1 h): two system calls per connection, for one wake-up a second.
+async fn anchor_timers() {
+    let mut tick = tokio::time::interval(TIMER_ANCHOR);
+    loop {
+        tick.tick().await;
+    }
+}
+
 async fn upgrade_done(upgrading: &mut Option<Upgrading>) -> Result<Successor, UpgradeError> {
     let Some(pending) = upgrading else {
         return std::future::pending().await;
