@@ -51,6 +51,31 @@ fn sni(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(hello.len() as u64));
         group.bench_function(label, |b| b.iter(|| peek::tls::parse(black_box(hello))));
     }
+    // A hello as it reaches a connection over the internet: Chromium's, in 4
+    // records, read one 1,460-byte segment at a time and parsed after every
+    // read; once from scratch each time (as before), once resuming.
+    let split = hellos::split_into_records(hellos::CHROMIUM, 4);
+    let ends: Vec<usize> = (1..)
+        .map(|i| (i * 1460).min(split.len()))
+        .take_while(|&end| end < split.len())
+        .chain([split.len()])
+        .collect();
+    group.throughput(Throughput::Bytes(split.len() as u64));
+    group.bench_function("chromium_4_records_per_segment_from_scratch", |b| {
+        b.iter(|| {
+            for &end in &ends {
+                black_box(peek::tls::parse(black_box(&split[..end])).ok());
+            }
+        })
+    });
+    group.bench_function("chromium_4_records_per_segment_resumed", |b| {
+        b.iter(|| {
+            let mut hello = peek::tls::Hello::default();
+            for &end in &ends {
+                black_box(hello.parse(black_box(&split[..end])).ok());
+            }
+        })
+    });
     group.finish();
 }
 

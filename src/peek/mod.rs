@@ -38,13 +38,32 @@ impl Protocol {
         }
     }
 
-    /// Runs this protocol's parser over everything read so far (for `Tcp`,
-    /// nothing is needed: complete before any byte).
-    pub fn parse(self, buf: &[u8]) -> Result<Parse, PeekError> {
+    /// A parser for one connection's head.
+    fn parser(self) -> Parser {
         match self {
-            Protocol::Tls => tls::parse(buf),
-            Protocol::Http => http::parse(buf),
-            Protocol::Tcp => Ok(Parse::Complete(None)),
+            Protocol::Tls => Parser::Tls(tls::Hello::default()),
+            Protocol::Http => Parser::Http,
+            Protocol::Tcp => Parser::Tcp,
+        }
+    }
+}
+
+/// One connection's parser: TLS keeps where it stopped between reads; an HTTP
+/// head is short, and httparse starts over.
+enum Parser {
+    Tls(tls::Hello),
+    Http,
+    Tcp,
+}
+
+impl Parser {
+    /// Parses everything read so far (for `Tcp`, nothing is needed: complete
+    /// before any byte).
+    fn parse(&mut self, buf: &[u8]) -> Result<Parse, PeekError> {
+        match self {
+            Parser::Tls(hello) => hello.parse(buf),
+            Parser::Http => http::parse(buf),
+            Parser::Tcp => Ok(Parse::Complete(None)),
         }
     }
 }
@@ -185,12 +204,11 @@ pub async fn head<S: AsyncRead + Unpin>(
     mut buf: Vec<u8>,
     max_bytes: usize,
 ) -> Result<Peeked, PeekError> {
-    let (name, http2) = fill(stream, &mut buf, max_bytes, |b| {
-        match protocol.parse(b)? {
-            Parse::Complete(name) => Ok(Some((name, false))),
-            Parse::Http2Preface => Ok(Some((None, true))),
-            Parse::Incomplete => Ok(None),
-        }
+    let mut parser = protocol.parser();
+    let (name, http2) = fill(stream, &mut buf, max_bytes, |b| match parser.parse(b)? {
+        Parse::Complete(name) => Ok(Some((name, false))),
+        Parse::Http2Preface => Ok(Some((None, true))),
+        Parse::Incomplete => Ok(None),
     })
     .await?;
     Ok(Peeked {
@@ -212,7 +230,7 @@ async fn fill<S: AsyncRead + Unpin, T>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     max_bytes: usize,
-    parse: impl Fn(&[u8]) -> Result<Option<T>, PeekError>,
+    mut parse: impl FnMut(&[u8]) -> Result<Option<T>, PeekError>,
 ) -> Result<T, PeekError> {
     if let Some(done) = parse(buf)? {
         return Ok(done);

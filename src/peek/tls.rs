@@ -29,61 +29,80 @@ pub const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02
 /// allow/deny refuses the client.
 pub const ACCESS_DENIED_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31];
 
-/// Parses the bytes read so far from a TLS client.
-///
-/// `Complete(None)` means a valid ClientHello without a usable host name (no SNI
-/// extension, an empty one, or one that is not a hostname, such as raw bytes).
+/// Parses `buf` from scratch: [`Hello::parse`] on a fresh state.
 pub fn parse(buf: &[u8]) -> Result<Parse, PeekError> {
-    // Decide "not TLS" from the first bytes, before waiting for a whole record.
-    match buf {
-        [] => return Ok(Parse::Incomplete),
-        [first, ..] if *first != RECORD_HANDSHAKE => {
-            return Err(PeekError::NotTls(
-                "first byte is not a TLS handshake record",
-            ))
-        }
-        [_, major, ..] if *major != 0x03 => {
-            return Err(PeekError::NotTls("record version is not TLS 1.x"))
-        }
-        _ => {}
-    }
+    Hello::default().parse(buf)
+}
 
-    let mut handshake: Vec<u8> = Vec::new();
-    let mut rest = buf;
-    while !rest.is_empty() {
-        if let [_, _, _, hi, lo, ..] = *rest {
-            if usize::from(u16::from_be_bytes([hi, lo])) > MAX_PLAINTEXT {
-                return Err(PeekError::Malformed("TLS record longer than 2^14 bytes"));
+/// A ClientHello being read, as nginx's `ssl_preread` reads one: each call
+/// walks only the records completed since the last, so a hello that arrives in
+/// many pieces is not re-walked and re-joined from its start on every read.
+#[derive(Debug, Default)]
+pub struct Hello {
+    /// Bytes at the start of the buffer that are whole records, walked already.
+    walked: usize,
+    /// Their handshake payloads, joined: empty until a hello spans records.
+    joined: Vec<u8>,
+}
+
+impl Hello {
+    /// Parses the bytes read so far from a TLS client: `buf` is everything read,
+    /// and grows between calls (what was passed before is its unchanged start).
+    ///
+    /// `Complete(None)` means a valid ClientHello without a usable host name (no
+    /// SNI extension, an empty one, or one that is not a hostname, such as raw
+    /// bytes).
+    pub fn parse(&mut self, buf: &[u8]) -> Result<Parse, PeekError> {
+        // Decide "not TLS" from the first bytes, before waiting for a whole record.
+        match buf {
+            [] => return Ok(Parse::Incomplete),
+            [first, ..] if *first != RECORD_HANDSHAKE => {
+                return Err(PeekError::NotTls(
+                    "first byte is not a TLS handshake record",
+                ))
+            }
+            [_, major, ..] if *major != 0x03 => {
+                return Err(PeekError::NotTls("record version is not TLS 1.x"))
+            }
+            _ => {}
+        }
+        let mut rest = buf.get(self.walked..).unwrap_or_default();
+        while !rest.is_empty() {
+            if let [_, _, _, hi, lo, ..] = *rest {
+                if usize::from(u16::from_be_bytes([hi, lo])) > MAX_PLAINTEXT {
+                    return Err(PeekError::Malformed("TLS record longer than 2^14 bytes"));
+                }
+            }
+            let record = match parse_tls_raw_record(rest) {
+                Ok((after, record)) => {
+                    self.walked += rest.len() - after.len();
+                    rest = after;
+                    record
+                }
+                Err(Err::Incomplete(_)) => return Ok(Parse::Incomplete),
+                Err(_) => return Err(PeekError::Malformed("TLS record header")),
+            };
+            if record.hdr.record_type != TlsRecordType::Handshake {
+                return Err(PeekError::Malformed(
+                    "ClientHello interleaved with a non-handshake record",
+                ));
+            }
+            // The common case, a hello in one record, parses straight from the buffer.
+            let message = if self.joined.is_empty() {
+                record.data
+            } else {
+                self.joined.extend_from_slice(record.data);
+                &self.joined
+            };
+            if let Some(len) = complete_message_len(message)? {
+                return client_hello_name(&message[..len]).map(Parse::Complete);
+            }
+            if self.joined.is_empty() {
+                self.joined.extend_from_slice(record.data);
             }
         }
-        let record = match parse_tls_raw_record(rest) {
-            Ok((after, record)) => {
-                rest = after;
-                record
-            }
-            Err(Err::Incomplete(_)) => return Ok(Parse::Incomplete),
-            Err(_) => return Err(PeekError::Malformed("TLS record header")),
-        };
-        if record.hdr.record_type != TlsRecordType::Handshake {
-            return Err(PeekError::Malformed(
-                "ClientHello interleaved with a non-handshake record",
-            ));
-        }
-        // The common case, a hello in one record, parses straight from the buffer.
-        let message = if handshake.is_empty() {
-            record.data
-        } else {
-            handshake.extend_from_slice(record.data);
-            &handshake
-        };
-        if let Some(len) = complete_message_len(message)? {
-            return client_hello_name(&message[..len]).map(Parse::Complete);
-        }
-        if handshake.is_empty() {
-            handshake.extend_from_slice(record.data);
-        }
+        Ok(Parse::Incomplete)
     }
-    Ok(Parse::Incomplete)
 }
 
 /// `Some(total length)` once `message` holds a whole handshake message.
@@ -235,6 +254,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn one_state_fed_byte_by_byte_walks_each_record_once() {
+        let msg = hello_message(&[(0, b"three.example.com")]);
+        let buf = records(&msg, &[3, 40]);
+        let mut hello = Hello::default();
+        for end in 0..buf.len() {
+            assert_eq!(hello.parse(&buf[..end]).unwrap(), Parse::Incomplete);
+        }
+        // The first two records (3 + 40 bytes of payload) were walked and
+        // joined before the last one completed.
+        assert_eq!(hello.walked, 5 + 3 + 5 + 40);
+        assert_eq!(hello.joined.len(), 43);
+        assert_eq!(
+            hello.parse(&buf).unwrap(),
+            Parse::Complete(HostName::parse(b"three.example.com"))
+        );
+        // A real hello in one record is never copied.
+        let mut hello = Hello::default();
+        for end in 0..CURL.len() {
+            assert_eq!(hello.parse(&CURL[..end]).unwrap(), Parse::Incomplete);
+        }
+        assert_eq!(hello.walked, 0);
+        assert!(hello.joined.is_empty());
+        assert_eq!(
+            hello.parse(CURL).unwrap(),
+            Parse::Complete(HostName::parse(b"curl.example.com"))
+        );
+    }
+
+    #[test]
     fn real_hello_resplit_into_records_at_every_offset() {
         let msg = &CURL[5..];
         for cut in 1..msg.len() {
@@ -369,6 +417,8 @@ pub(crate) mod tests {
             ) {
                 let msg = hello_message(&[(0, name.as_bytes())]);
                 let buf = records(&msg, &record_cuts);
+                // One state fed the growing buffer, as a connection reads it.
+                let mut hello = Hello::default();
                 let mut end = 0;
                 for cut in segment_cuts {
                     end += cut;
@@ -376,9 +426,11 @@ pub(crate) mod tests {
                         break;
                     }
                     prop_assert_eq!(parse(&buf[..end]).unwrap(), Parse::Incomplete);
+                    prop_assert_eq!(hello.parse(&buf[..end]).unwrap(), Parse::Incomplete);
                 }
                 let want = HostName::parse(name.as_bytes()).unwrap();
-                prop_assert_eq!(parse(&buf).unwrap(), Parse::Complete(Some(want)));
+                prop_assert_eq!(parse(&buf).unwrap(), Parse::Complete(Some(want.clone())));
+                prop_assert_eq!(hello.parse(&buf).unwrap(), Parse::Complete(Some(want)));
             }
 
             /// Real hellos cut into records anywhere keep their SNI.
