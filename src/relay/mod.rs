@@ -287,10 +287,13 @@ impl Direction<'_> {
 
 /// Relays between `client` and `upstream` until both directions are closed, an
 /// error occurs, or nothing moves for `idle`, counting into `moved` and
-/// `tally` as bytes go. Dropping it cuts the connection short.
+/// `tally` as bytes go. Dropping it cuts the connection short. The sockets are
+/// borrowed mutably only for the sockmap engine, which takes them out of
+/// tokio's reactor while the kernel relays (and leaves stand-ins in their
+/// place, the real sockets closed when it returns).
 pub async fn relay(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
     idle: Duration,
     moved: &Moved,
     tally: Tally<'_>,
@@ -301,23 +304,10 @@ pub async fn relay(
         last_ms: AtomicU64::new(0),
         one_closed: AtomicBool::new(false),
     };
-    let to_upstream = Direction {
-        from: client,
-        to: upstream,
-        counts: [&moved.up, tally.up],
-        activity: &activity,
-        from_side: Side::Client,
-    };
-    let to_client = Direction {
-        from: upstream,
-        to: client,
-        counts: [&moved.down, tally.down],
-        activity: &activity,
-        from_side: Side::Upstream,
-    };
     if engine == Engine::Sockmap {
-        return sockmap::relay(&to_upstream, &to_client, idle).await;
+        return sockmap::relay(client, upstream, &activity, idle, moved, tally).await;
     }
+    let (to_upstream, to_client) = directions(client, upstream, &activity, moved, tally);
     let both = async { tokio::try_join!(to_upstream.run(engine), to_client.run(engine)) };
     tokio::select! {
         result = both => match result {
@@ -326,6 +316,32 @@ pub async fn relay(
         },
         () = idle_for(&activity, idle) => End::Idle,
     }
+}
+
+/// Client → server and server → client.
+fn directions<'a>(
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    activity: &'a Activity,
+    moved: &'a Moved,
+    tally: Tally<'a>,
+) -> (Direction<'a>, Direction<'a>) {
+    (
+        Direction {
+            from: client,
+            to: upstream,
+            counts: [&moved.up, tally.up],
+            activity,
+            from_side: Side::Client,
+        },
+        Direction {
+            from: upstream,
+            to: client,
+            counts: [&moved.down, tally.down],
+            activity,
+            from_side: Side::Upstream,
+        },
+    )
 }
 
 /// Returns once no byte moved for `idle`, by `activity`.

@@ -48,7 +48,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{copy, Broken, Direction, End, Engine, Side};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{copy, Activity, Broken, Direction, End, Engine, Moved, Side, Tally};
 
 /// Entries per map: one per socket, so 65,536 connections at once. Beyond,
 /// a connection is relayed by splice. The kernel allocates an entry only when
@@ -164,9 +166,14 @@ async fn drain(d: &Direction<'_>) -> Result<Drained, Broken> {
     }
 }
 
-/// A direction the kernel relays.
-struct Kernel<'d, 'a> {
-    d: &'d Direction<'a>,
+/// A direction the kernel relays. It holds descriptors, not the sockets:
+/// while both directions are the kernel's, the sockets are out of tokio's
+/// hands ([`Unregistered`]).
+struct Kernel<'a> {
+    from: RawFd,
+    to: RawFd,
+    counts: [&'a AtomicU64; 2],
+    activity: &'a Activity,
     /// Bytes of `from` user space had consumed at the join, in
     /// `tcpi_bytes_received` terms: received minus still queued.
     consumed: u64,
@@ -183,12 +190,20 @@ struct Kernel<'d, 'a> {
     fin_sent: bool,
 }
 
-impl Kernel<'_, '_> {
+impl Kernel<'_> {
     /// Brings the counts up to `to`'s write sequence, as far as it can be read
     /// now (a lower bound while acknowledgements arrive).
     fn refresh(&mut self) {
-        if let Ok(now) = sys::write_seq(self.d.to.as_raw_fd(), false) {
+        if let Ok(now) = sys::write_seq(self.to, false) {
             self.count_to(now);
+        }
+    }
+
+    /// The same, exactly where the kernel lets it.
+    fn settle(&mut self) {
+        match sys::write_seq(self.to, true) {
+            Ok(now) => self.count_to(now),
+            Err(_) => self.refresh(),
         }
     }
 
@@ -197,7 +212,9 @@ impl Kernel<'_, '_> {
             .saturating_sub(self.written)
             .saturating_sub(u64::from(self.fin_sent));
         if moved > self.counted {
-            self.d.count(moved - self.counted);
+            for count in self.counts {
+                count.fetch_add(moved - self.counted, Ordering::Relaxed);
+            }
             self.counted = moved;
         }
     }
@@ -205,11 +222,7 @@ impl Kernel<'_, '_> {
     /// After `from`'s FIN: forwards it if every byte before it went out of
     /// `to`. Returns whether it did.
     fn try_finish(&mut self) -> bool {
-        let fd_from = self.d.from.as_raw_fd();
-        let (Ok(from), Ok(to)) = (
-            sys::tcp_info(fd_from),
-            sys::write_seq(self.d.to.as_raw_fd(), false),
-        ) else {
+        let (Ok(from), Ok(to)) = (sys::tcp_info(self.from), sys::write_seq(self.to, false)) else {
             return false;
         };
         // `tcpi_bytes_received` counts the FIN as one.
@@ -221,7 +234,11 @@ impl Kernel<'_, '_> {
         if to.saturating_sub(self.written) < owed {
             return false;
         }
-        self.fin_sent = self.d.forward_eof();
+        // As `Direction::forward_eof`: the second FIN is not forwarded, the
+        // close that follows the relay sends it.
+        if !self.activity.one_closed.swap(true, Ordering::AcqRel) {
+            self.fin_sent = sys::shut_write(self.to).is_ok();
+        }
         self.done = true;
         true
     }
@@ -248,77 +265,141 @@ impl Drop for Membership<'_> {
     }
 }
 
-/// Relays `up` (client → server) and `down` (server → client) under the
-/// sockmap engine; see the module doc.
-pub(super) async fn relay(up: &Direction<'_>, down: &Direction<'_>, idle: Duration) -> End {
-    let activity = up.activity;
-    let drained = async { tokio::try_join!(drain(up), drain(down)) };
-    let states = tokio::select! {
-        r = drained => match r {
-            Ok((u, d)) => [u, d],
-            Err(broken) => return End::Broken(broken),
-        },
-        () = super::idle_for(activity, idle) => return End::Idle,
-    };
-    let dirs = [up, down];
+/// A socket taken out of tokio's reactor: registered, every burst the kernel
+/// redirects would wake the runtime (the sockmap's data-ready callback still
+/// calls the socket's own, which wakes epoll waiters). A stand-in socket,
+/// never connected, takes its place in the caller's slot; the real one is
+/// closed when this is dropped, by then out of the maps.
+struct Unregistered {
+    _socket: std::net::TcpStream,
+}
 
-    let mut kernel: [Option<Kernel>; 2] = [None, None];
-    let mut membership = None;
-    let mut watch = None;
-    if let Some(offload) = OFFLOAD.get().filter(|_| states.contains(&Drained::Dry)) {
-        // The watch first: without it, a joined direction's FIN would go unseen.
-        match Watch::new(up.from, up.to) {
-            Ok(w) => {
-                membership = Some(join(offload, dirs, states, &mut kernel));
-                watch = Some(w);
+/// Why a socket could not be taken out of the reactor.
+enum TakeError {
+    /// No stand-in (out of descriptors, say): the socket stays registered.
+    StandIn(io::Error),
+    /// Deregistering failed, which closed the socket: the relay must end.
+    Lost(io::Error),
+}
+
+impl Unregistered {
+    fn take(slot: &mut TcpStream) -> Result<Unregistered, TakeError> {
+        let stand_in = || -> io::Result<TcpStream> {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            socket.set_nonblocking(true)?;
+            TcpStream::from_std(std::net::TcpStream::from(socket))
+        };
+        let stand_in = stand_in().map_err(TakeError::StandIn)?;
+        let real = std::mem::replace(slot, stand_in);
+        Ok(Unregistered {
+            _socket: real.into_std().map_err(TakeError::Lost)?,
+        })
+    }
+}
+
+/// Relays `client` ⇄ `upstream` under the sockmap engine; see the module doc.
+pub(super) async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    activity: &Activity,
+    idle: Duration,
+    moved: &Moved,
+    tally: Tally<'_>,
+) -> End {
+    let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
+    let counts = [[&moved.up, tally.up], [&moved.down, tally.down]];
+    let (mut kernel, membership, watch) = {
+        let (up, down) = super::directions(client, upstream, activity, moved, tally);
+        let dirs = [&up, &down];
+        let drained = async { tokio::try_join!(drain(&up), drain(&down)) };
+        let states = tokio::select! {
+            r = drained => match r {
+                Ok((u, d)) => [u, d],
+                Err(broken) => return End::Broken(broken),
+            },
+            () = super::idle_for(activity, idle) => return End::Idle,
+        };
+        let mut kernel: [Option<Kernel>; 2] = [None, None];
+        let mut membership = None;
+        let mut watch = None;
+        if let Some(offload) = OFFLOAD.get().filter(|_| states.contains(&Drained::Dry)) {
+            // The watch first: without it, a joined direction's FIN would go unseen.
+            match Watch::new(fds) {
+                Ok(w) => {
+                    membership = Some(join(offload, dirs, states, counts, activity, &mut kernel));
+                    watch = Some(w);
+                }
+                Err(e) => tracing::debug!("no epoll for the sockmap relay ({e}); splicing"),
             }
-            Err(e) => tracing::debug!("no epoll for the sockmap relay ({e}); splicing"),
+        }
+        let watch = watch.filter(|_| kernel.iter().any(Option::is_some));
+        if kernel.iter().any(Option::is_none) {
+            // A direction for user space (or done already): the sockets stay
+            // with tokio, and the kernel's direction, if any, is watched
+            // alongside.
+            let user_space = [0, 1].map(|i| states[i] == Drained::Dry && kernel[i].is_none());
+            let user = |i: usize| {
+                let d = dirs[i];
+                let mine = user_space[i];
+                async move {
+                    if mine {
+                        d.run(Engine::Splice).await
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            let users = async { tokio::try_join!(user(0), user(1)).map(drop) };
+            let end = supervise(users, watch.as_ref(), fds, &mut kernel, activity, idle).await;
+            for k in kernel.iter_mut().flatten() {
+                k.settle();
+            }
+            drop(membership);
+            return end;
+        }
+        (kernel, membership, watch)
+    };
+    // Both directions are the kernel's: user space only waits for FINs,
+    // errors and the idle timeout.
+    let taken = [
+        (Unregistered::take(client), Side::Client),
+        (Unregistered::take(upstream), Side::Upstream),
+    ];
+    for (result, side) in &taken {
+        match result {
+            Ok(_) => {}
+            Err(TakeError::StandIn(e)) => {
+                tracing::debug!("a socket stays registered with tokio ({e})");
+            }
+            Err(TakeError::Lost(e)) => {
+                return End::Broken(Broken {
+                    side: *side,
+                    writing: false,
+                    kind: e.kind(),
+                });
+            }
         }
     }
-    let watch = watch.filter(|_| kernel.iter().any(Option::is_some));
-
-    // Directions the kernel does not relay: done already, or user space's.
-    let user_space = [0, 1].map(|i| states[i] == Drained::Dry && kernel[i].is_none());
-    let user = |i: usize| {
-        let d = dirs[i];
-        let mine = user_space[i];
-        async move {
-            if mine {
-                d.run(Engine::Splice).await
-            } else {
-                Ok(())
-            }
-        }
-    };
-    let users = async { tokio::try_join!(user(0), user(1)).map(drop) };
-    let end = supervise(
-        users,
-        watch.as_ref(),
-        [up.from, up.to],
-        &mut kernel,
-        activity,
-        idle,
-    )
-    .await;
+    let users = async { Ok(()) };
+    let end = supervise(users, watch.as_ref(), fds, &mut kernel, activity, idle).await;
     for k in kernel.iter_mut().flatten() {
-        if let Ok(now) = sys::write_seq(k.d.to.as_raw_fd(), true) {
-            k.count_to(now);
-        } else {
-            k.refresh();
-        }
+        k.settle();
     }
     drop(membership);
+    drop(taken);
     end
 }
 
 /// Puts the sockets of every direction that drained dry into the maps, and
 /// fills `kernel` for those that joined. A direction that cannot join is left
 /// to user space.
-fn join<'o, 'd, 'a>(
+fn join<'o, 'c>(
     offload: &'o Offload,
-    dirs: [&'d Direction<'a>; 2],
+    dirs: [&Direction<'_>; 2],
     states: [Drained; 2],
-    kernel: &mut [Option<Kernel<'d, 'a>>; 2],
+    counts: [[&'c AtomicU64; 2]; 2],
+    activity: &'c Activity,
+    kernel: &mut [Option<Kernel<'c>>; 2],
 ) -> Membership<'o> {
     let mut m = Membership {
         offload,
@@ -366,7 +447,10 @@ fn join<'o, 'd, 'a>(
         // now instead of at the next arrival.
         let _ = sys::poke(fds[i]);
         kernel[i] = Some(Kernel {
-            d: dirs[i],
+            from: fds[i],
+            to: fds[1 - i],
+            counts: counts[i],
+            activity,
             consumed,
             written,
             counted: 0,
@@ -383,9 +467,9 @@ fn join<'o, 'd, 'a>(
 async fn supervise(
     users: impl std::future::Future<Output = Result<(), Broken>>,
     mut watch: Option<&Watch>,
-    streams: [&TcpStream; 2],
-    kernel: &mut [Option<Kernel<'_, '_>>; 2],
-    activity: &super::Activity,
+    fds: [RawFd; 2],
+    kernel: &mut [Option<Kernel<'_>>; 2],
+    activity: &Activity,
     idle: Duration,
 ) -> End {
     tokio::pin!(users);
@@ -417,7 +501,7 @@ async fn supervise(
             },
             r = event => match r {
                 Ok(events) => {
-                    if let Err(broken) = handle(events, streams, kernel) {
+                    if let Err(broken) = handle(events, fds, kernel) {
                         return End::Broken(broken);
                     }
                     retry = Duration::from_millis(1);
@@ -456,11 +540,11 @@ async fn supervise(
 
 /// When a byte last moved: the latest of user space's last move and, for each
 /// kernel direction, the last data its source received.
-fn last_activity(kernel: &[Option<Kernel<'_, '_>>; 2], activity: &super::Activity) -> Instant {
+fn last_activity(kernel: &[Option<Kernel<'_>>; 2], activity: &Activity) -> Instant {
     let now = Instant::now();
     let mut last = activity.last();
     for k in kernel.iter().flatten() {
-        if let Ok(info) = sys::tcp_info(k.d.from.as_raw_fd()) {
+        if let Ok(info) = sys::tcp_info(k.from) {
             let ago = Duration::from_millis(u64::from(info.tcpi_last_data_recv));
             last = last.max(now.checked_sub(ago).unwrap_or(last));
         }
@@ -471,8 +555,8 @@ fn last_activity(kernel: &[Option<Kernel<'_, '_>>; 2], activity: &super::Activit
 /// Acts on epoll events: an error ends the relay, a FIN marks its direction.
 fn handle(
     events: Events,
-    streams: [&TcpStream; 2],
-    kernel: &mut [Option<Kernel<'_, '_>>; 2],
+    fds: [RawFd; 2],
+    kernel: &mut [Option<Kernel<'_>>; 2],
 ) -> Result<(), Broken> {
     for (side, flags) in events.iter() {
         let i = match side {
@@ -480,9 +564,9 @@ fn handle(
             Side::Upstream => 1,
         };
         if flags & (libc::EPOLLERR as u32 | libc::EPOLLHUP as u32) != 0 {
-            // Which socket, and what the kernel said; a HUP without an error
-            // is both directions of that socket closed, which the FINs handle.
-            if let Ok(Some(e)) = streams[i].take_error() {
+            // What the kernel said; a HUP without an error is both directions
+            // of that socket closed, which the FINs handle.
+            if let Ok(Some(e)) = sys::take_error(fds[i]) {
                 return Err(Broken {
                     side,
                     writing: e.kind() == io::ErrorKind::BrokenPipe,
@@ -518,10 +602,11 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(client: &TcpStream, upstream: &TcpStream) -> io::Result<Watch> {
+    /// Watches `[client, upstream]`.
+    fn new(fds: [RawFd; 2]) -> io::Result<Watch> {
         let epoll = sys::epoll_create()?;
-        for (fd, side) in [(client.as_raw_fd(), 0u64), (upstream.as_raw_fd(), 1u64)] {
-            sys::epoll_add(&epoll, fd, side)?;
+        for (token, fd) in fds.into_iter().enumerate() {
+            sys::epoll_add(&epoll, fd, token as u64)?;
         }
         // SAFETY: the `OwnedFd` moves into the `AsyncFd` and stays open, the
         // same descriptor, until the `AsyncFd` drops it.
@@ -654,6 +739,18 @@ mod sys {
             )
         })
         .map(drop)
+    }
+
+    /// The socket's pending error (`SO_ERROR`), taken.
+    pub(super) fn take_error(fd: RawFd) -> io::Result<Option<io::Error>> {
+        let code = getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ERROR)?;
+        Ok((code != 0).then(|| io::Error::from_raw_os_error(code)))
+    }
+
+    /// `shutdown(SHUT_WR)`: the FIN.
+    pub(super) fn shut_write(fd: RawFd) -> io::Result<()> {
+        // SAFETY: no pointers.
+        check(unsafe { libc::shutdown(fd, libc::SHUT_WR) }).map(drop)
     }
 
     /// One non-blocking `recv` into `buf`'s spare capacity.
