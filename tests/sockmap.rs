@@ -78,6 +78,34 @@ async fn bytes_sent_behind_the_hello_arrive_first_and_in_order() {
     assert!(rest == later, "the bytes after the join came back changed");
 }
 
+/// A client that sends its request and half-closes at once: the FIN arrives
+/// around the join (before it, user space forwards it and the answer goes
+/// through the kernel alone; after it, the kernel path forwards it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn a_client_that_half_closes_right_behind_its_request_gets_the_whole_answer() {
+    let echo = Upstream::start("127.0.0.2", "echo", Mode::Echo).await;
+    let listen = free_addr("127.0.0.1");
+    let proxy = start(&config(listen, echo.addr, ""));
+    let mut sent = CURL_HELLO.to_vec();
+    sent.extend_from_slice(&numbered(100_000, 7));
+    let mut c = TcpStream::connect(listen).await.unwrap();
+    c.write_all(&sent).await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(DEADLINE, c.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.ends_with(b"bye"), "no half-close round trip");
+    got.truncate(got.len() - 3);
+    assert!(got == sent, "the answer came back changed");
+    let lines = proxy.wait_access(1);
+    let want = format!("bytes_up={} bytes_down={}", sent.len(), sent.len() + 3);
+    assert!(lines[0].contains(&want), "{want}: {}", lines[0]);
+    assert!(lines[0].contains("outcome=closed"), "{}", lines[0]);
+}
+
 /// No byte either way for `timeouts.idle` closes both sides, while bytes the
 /// kernel relays postpone it, as under the other engines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

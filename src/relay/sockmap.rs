@@ -199,7 +199,7 @@ impl Kernel<'_> {
         }
     }
 
-    /// The same, exactly where the kernel lets it.
+    /// The same, exactly where the kernel lets it (at the end).
     fn settle(&mut self) {
         match sys::write_seq(self.to, true) {
             Ok(now) => self.count_to(now),
@@ -297,6 +297,25 @@ impl Unregistered {
     }
 }
 
+/// What a connection holds while the kernel relays for it, let go of in order
+/// however the relay ends (the end of the shutdown drain drops it too): the
+/// counts brought up to date while the sockets are still open, then the map
+/// entries removed, then the sockets taken from tokio closed.
+struct Offloaded<'a, 'o> {
+    kernel: [Option<Kernel<'a>>; 2],
+    membership: Option<Membership<'o>>,
+    taken: [Option<Unregistered>; 2],
+}
+
+impl Drop for Offloaded<'_, '_> {
+    fn drop(&mut self) {
+        for k in self.kernel.iter_mut().flatten() {
+            k.settle();
+        }
+        // The fields drop next, in order: membership, then taken.
+    }
+}
+
 /// Relays `client` ⇄ `upstream` under the sockmap engine; see the module doc.
 pub(super) async fn relay(
     client: &mut TcpStream,
@@ -308,7 +327,12 @@ pub(super) async fn relay(
 ) -> End {
     let fds = [client.as_raw_fd(), upstream.as_raw_fd()];
     let counts = [[&moved.up, tally.up], [&moved.down, tally.down]];
-    let (mut kernel, membership, watch) = {
+    let mut held = Offloaded {
+        kernel: [None, None],
+        membership: None,
+        taken: [None, None],
+    };
+    let watch = {
         let (up, down) = super::directions(client, upstream, activity, moved, tally);
         let dirs = [&up, &down];
         let drained = async { tokio::try_join!(drain(&up), drain(&down)) };
@@ -319,25 +343,30 @@ pub(super) async fn relay(
             },
             () = super::idle_for(activity, idle) => return End::Idle,
         };
-        let mut kernel: [Option<Kernel>; 2] = [None, None];
-        let mut membership = None;
         let mut watch = None;
         if let Some(offload) = OFFLOAD.get().filter(|_| states.contains(&Drained::Dry)) {
             // The watch first: without it, a joined direction's FIN would go unseen.
             match Watch::new(fds) {
                 Ok(w) => {
-                    membership = Some(join(offload, dirs, states, counts, activity, &mut kernel));
+                    held.membership = Some(join(
+                        offload,
+                        dirs,
+                        states,
+                        counts,
+                        activity,
+                        &mut held.kernel,
+                    ));
                     watch = Some(w);
                 }
                 Err(e) => tracing::debug!("no epoll for the sockmap relay ({e}); splicing"),
             }
         }
-        let watch = watch.filter(|_| kernel.iter().any(Option::is_some));
-        if kernel.iter().any(Option::is_none) {
+        let watch = watch.filter(|_| held.kernel.iter().any(Option::is_some));
+        if held.kernel.iter().any(Option::is_none) {
             // A direction for user space (or done already): the sockets stay
             // with tokio, and the kernel's direction, if any, is watched
             // alongside.
-            let user_space = [0, 1].map(|i| states[i] == Drained::Dry && kernel[i].is_none());
+            let user_space = [0, 1].map(|i| states[i] == Drained::Dry && held.kernel[i].is_none());
             let user = |i: usize| {
                 let d = dirs[i];
                 let mine = user_space[i];
@@ -350,30 +379,24 @@ pub(super) async fn relay(
                 }
             };
             let users = async { tokio::try_join!(user(0), user(1)).map(drop) };
-            let end = supervise(users, watch.as_ref(), fds, &mut kernel, activity, idle).await;
-            for k in kernel.iter_mut().flatten() {
-                k.settle();
-            }
-            drop(membership);
-            return end;
+            return supervise(users, watch.as_ref(), fds, &mut held.kernel, activity, idle).await;
         }
-        (kernel, membership, watch)
+        watch
     };
     // Both directions are the kernel's: user space only waits for FINs,
-    // errors and the idle timeout.
-    let taken = [
-        (Unregistered::take(client), Side::Client),
-        (Unregistered::take(upstream), Side::Upstream),
-    ];
-    for (result, side) in &taken {
-        match result {
-            Ok(_) => {}
+    // errors and the idle timeout, with the sockets out of tokio's reactor.
+    for (i, (slot, side)) in [(client, Side::Client), (upstream, Side::Upstream)]
+        .into_iter()
+        .enumerate()
+    {
+        match Unregistered::take(slot) {
+            Ok(taken) => held.taken[i] = Some(taken),
             Err(TakeError::StandIn(e)) => {
                 tracing::debug!("a socket stays registered with tokio ({e})");
             }
             Err(TakeError::Lost(e)) => {
                 return End::Broken(Broken {
-                    side: *side,
+                    side,
                     writing: false,
                     kind: e.kind(),
                 });
@@ -381,13 +404,7 @@ pub(super) async fn relay(
         }
     }
     let users = async { Ok(()) };
-    let end = supervise(users, watch.as_ref(), fds, &mut kernel, activity, idle).await;
-    for k in kernel.iter_mut().flatten() {
-        k.settle();
-    }
-    drop(membership);
-    drop(taken);
-    end
+    supervise(users, watch.as_ref(), fds, &mut held.kernel, activity, idle).await
 }
 
 /// Puts the sockets of every direction that drained dry into the maps, and
@@ -808,5 +825,95 @@ mod sys {
             )
         })?;
         Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// Two connected sockets on loopback: (the peer's end, sniroute's end).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let outside = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (inside, _) = listener.accept().await.unwrap();
+        (outside, inside)
+    }
+
+    /// The client's request and FIN are queued before the relay starts: its
+    /// direction ends in the drain, and a half-closed socket can be neither
+    /// a redirect target nor joined (the kernel takes only established
+    /// sockets), so the server's direction is spliced by user space, and
+    /// everything still arrives, counted, with both FINs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs root"]
+    async fn a_fin_before_the_join_leaves_the_connection_to_user_space() {
+        setup().expect("needs CAP_BPF and CAP_NET_ADMIN");
+        let (mut client, from_client) = pair().await;
+        let (mut server, to_server) = pair().await;
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        // The FIN is in: the socket is in CLOSE_WAIT.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sys::tcp_info(from_client.as_raw_fd()).unwrap().tcpi_state != 8 {
+            assert!(Instant::now() < deadline, "no FIN");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let answer: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let serve = {
+            let answer = answer.clone();
+            async move {
+                let mut request = Vec::new();
+                server.read_to_end(&mut request).await.unwrap();
+                server.write_all(&answer).await.unwrap();
+                server.shutdown().await.unwrap();
+                request
+            }
+        };
+        let read = async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let activity = Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            one_closed: std::sync::atomic::AtomicBool::new(false),
+        };
+        let moved = Moved::default();
+        let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+        let tally = Tally {
+            up: &up,
+            down: &down,
+        };
+        // As the proxy does, the sockets close when the relay ends: that
+        // close is the second FIN.
+        let relay = async {
+            let (mut from_client, mut to_server) = (from_client, to_server);
+            relay(
+                &mut from_client,
+                &mut to_server,
+                &activity,
+                Duration::from_secs(10),
+                &moved,
+                tally,
+            )
+            .await
+        };
+        let (end, request, got) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(relay, serve, read)
+        })
+        .await
+        .expect("the relay hung");
+        assert_eq!(end, End::Closed);
+        assert_eq!(request, b"request");
+        assert!(got == answer, "the answer came back changed");
+        assert_eq!(moved.up.load(Ordering::Relaxed), 7);
+        assert_eq!(moved.down.load(Ordering::Relaxed), answer.len() as u64);
+        assert_eq!(down.load(Ordering::Relaxed), answer.len() as u64);
     }
 }
