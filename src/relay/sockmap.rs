@@ -492,6 +492,9 @@ async fn supervise(
     tokio::pin!(users);
     let mut users_done = false;
     let mut next_refresh = Instant::now() + REFRESH;
+    // When the idle timeout is due, as far as known; looked at again (from
+    // `TCP_INFO`) only when it comes.
+    let mut idle_at = activity.last() + idle;
     // While a FIN waits for its bytes: how soon to look again.
     let mut retry = Duration::from_millis(1);
     loop {
@@ -500,7 +503,6 @@ async fn supervise(
             return End::Closed;
         }
         let waiting_fin = kernel.iter().flatten().any(|k| k.eof && !k.done);
-        let idle_at = last_activity(kernel, activity) + idle;
         let mut wake = idle_at.min(next_refresh);
         if waiting_fin {
             wake = wake.min(Instant::now() + retry);
@@ -547,8 +549,11 @@ async fn supervise(
                     }
                     retry = (retry * 2).min(Duration::from_millis(250));
                 }
-                if last_activity(kernel, activity) + idle <= now {
-                    return End::Idle;
+                if now >= idle_at {
+                    idle_at = last_activity(kernel, activity) + idle;
+                    if now >= idle_at {
+                        return End::Idle;
+                    }
                 }
             }
         }
