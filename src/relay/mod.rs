@@ -305,7 +305,12 @@ pub async fn relay(
         one_closed: AtomicBool::new(false),
     };
     if engine == Engine::Sockmap {
-        return sockmap::relay(client, upstream, &activity, idle, moved, tally).await;
+        // Boxed: inline, its state would make every connection's task larger
+        // under every engine (a test keeps that under 3 KiB).
+        return Box::pin(sockmap::relay(
+            client, upstream, &activity, idle, moved, tally,
+        ))
+        .await;
     }
     let (to_upstream, to_client) = directions(client, upstream, &activity, moved, tally);
     let both = async { tokio::try_join!(to_upstream.run(engine), to_client.run(engine)) };
