@@ -30,6 +30,10 @@
 //!   received), minus what user space had consumed before the join.
 //! - **Byte counts** come from the same write sequences, every [`REFRESH`] and
 //!   at the end; **idle** from `TCP_INFO`'s time since data was last received.
+//! - **Out of the event loop.** The sockmap's data-ready callback still calls
+//!   the socket's own, which wakes epoll waiters: left registered with tokio,
+//!   the runtime would wake for every redirected burst. While both directions
+//!   are the kernel's, both sockets leave tokio's reactor ([`Unregistered`]).
 //! - **Fallbacks.** A direction that cannot join (its socket half-closed
 //!   already, a full map) is relayed by the splice engine, by user space, for
 //!   the rest of the connection; the other direction may still be the
@@ -40,6 +44,7 @@ mod bpf;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -47,8 +52,6 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{copy, Activity, Broken, Direction, End, Engine, Moved, Side, Tally};
 
@@ -105,10 +108,11 @@ impl SetupError {
         };
         match error.raw_os_error() {
             Some(libc::EPERM | libc::EACCES) => {
-                "it needs CAP_BPF and CAP_NET_ADMIN (in a systemd drop-in: \
-                 AmbientCapabilities=CAP_BPF CAP_NET_ADMIN)"
+                "it needs CAP_BPF and CAP_NET_ADMIN, and the bpf(2) system call \
+                 where a seccomp filter applies (a systemd drop-in adds all three: \
+                 see the README, Kernel offload (sockmap))"
             }
-            _ => "it needs a kernel with BPF sockmap support (Linux 5.15 or later)",
+            _ => "it needs BPF sockmap support in the kernel (tested on Linux 6.18)",
         }
     }
 }
