@@ -75,6 +75,9 @@ Environment:
   RUST_LOG              replaces log.level and log.access_log (tracing
                         EnvFilter syntax, e.g. RUST_LOG=debug)
   SNIROUTE_RELAY=copy   copy bytes through user space instead of splice(2)
+  SNIROUTE_RELAY=sockmap
+                        let the kernel relay through a BPF sockmap (needs
+                        CAP_BPF and CAP_NET_ADMIN; else splice, with a warning)
   NOTIFY_SOCKET         set by systemd for Type=notify: start-up, reloads and
                         the stop are reported there; on SIGTERM the listening
                         sockets go to its fd store (unless FDSTORE=0), and

@@ -323,8 +323,8 @@ impl<'e> Handler<'e> {
             down: &live.bytes_down,
         };
         let end = relay(
-            &self.client,
-            &stream,
+            &mut self.client,
+            &mut stream,
             config.timeouts.idle,
             &self.moved,
             tally,

@@ -40,6 +40,14 @@ async fn eight_mib_each_way_byte_exact_and_half_close_forwarded_with_copy() {
     eight_mib_each_way("copy").await;
 }
 
+/// Needs CAP_BPF and CAP_NET_ADMIN; checks `relay=sockmap` in the ready line,
+/// so it cannot pass on the splice fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root"]
+async fn eight_mib_each_way_byte_exact_and_half_close_forwarded_with_sockmap() {
+    eight_mib_each_way("sockmap").await;
+}
+
 /// 8 MiB each way through the given relay engine, byte-exact, then a half-close
 /// round trip (our FIN reaches the server, which answers and closes).
 async fn eight_mib_each_way(engine: &str) {

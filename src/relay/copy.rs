@@ -76,7 +76,7 @@ fn read(from: &TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
-async fn write_all(d: &Direction<'_>, mut bytes: &[u8]) -> Result<(), Broken> {
+pub(super) async fn write_all(d: &Direction<'_>, mut bytes: &[u8]) -> Result<(), Broken> {
     while !bytes.is_empty() {
         d.to.writable().await.map_err(|e| d.write_failed(&e))?;
         match d.to.try_write(bytes) {

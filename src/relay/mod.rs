@@ -21,6 +21,7 @@
 //! splice takes a pipe from a small pool at the same moment and gives it back.
 
 mod copy;
+mod sockmap;
 mod splice;
 
 use std::io;
@@ -90,6 +91,8 @@ pub struct Tally<'a> {
 pub enum Engine {
     Splice,
     Copy,
+    /// Opt-in: the kernel relays through a BPF sockmap ([`sockmap`]).
+    Sockmap,
 }
 
 /// The engine chosen for this process; `UNSET` until first asked.
@@ -97,26 +100,44 @@ static ENGINE: AtomicU8 = AtomicU8::new(UNSET);
 const UNSET: u8 = 0;
 const SPLICE: u8 = 1;
 const COPY: u8 = 2;
+const SOCKMAP: u8 = 3;
 
 impl Engine {
     /// Splice where the kernel supports it, unless `SNIROUTE_RELAY=copy` asks for
-    /// the portable engine (for comparisons and troubleshooting). Decided once.
+    /// the portable engine (for comparisons and troubleshooting) or
+    /// `SNIROUTE_RELAY=sockmap` for the kernel offload, which falls back to
+    /// splice, with a warning, where it cannot be set up. Decided once.
     pub fn detect() -> Engine {
         match ENGINE.load(Ordering::Relaxed) {
             SPLICE => Engine::Splice,
             COPY => Engine::Copy,
+            SOCKMAP => Engine::Sockmap,
             _ => {
-                let forced_copy = std::env::var("SNIROUTE_RELAY").is_ok_and(|v| v == "copy");
-                let engine = if !forced_copy && splice::supported() {
-                    Engine::Splice
-                } else {
+                let asked = std::env::var("SNIROUTE_RELAY").unwrap_or_default();
+                let engine = match asked.as_str() {
+                    "copy" => Engine::Copy,
+                    "sockmap" => match sockmap::setup() {
+                        Ok(()) => Engine::Sockmap,
+                        Err(e) => {
+                            tracing::warn!(
+                                "SNIROUTE_RELAY=sockmap: {e}; {}. Relaying with splice instead",
+                                e.advice()
+                            );
+                            Engine::Splice
+                        }
+                    },
+                    _ => Engine::Splice,
+                };
+                let engine = if engine == Engine::Splice && !splice::supported() {
                     Engine::Copy
+                } else {
+                    engine
                 };
                 ENGINE.store(
-                    if engine == Engine::Splice {
-                        SPLICE
-                    } else {
-                        COPY
+                    match engine {
+                        Engine::Splice => SPLICE,
+                        Engine::Copy => COPY,
+                        Engine::Sockmap => SOCKMAP,
                     },
                     Ordering::Relaxed,
                 );
@@ -128,11 +149,14 @@ impl Engine {
     /// File descriptors a relayed connection may hold: its two sockets, and
     /// under splice a pipe (two ends) while bytes are moving. Both directions
     /// of one connection busy at the same moment take a second pipe; that is
-    /// rare enough across many connections to leave out of a budget.
+    /// rare enough across many connections to leave out of a budget. Under
+    /// sockmap a connection also holds a small epoll, and a direction that
+    /// cannot join the map splices.
     pub fn descriptors_per_connection(self) -> u64 {
         match self {
             Engine::Splice => 4,
             Engine::Copy => 2,
+            Engine::Sockmap => 5,
         }
     }
 
@@ -140,6 +164,7 @@ impl Engine {
         match self {
             Engine::Splice => "splice",
             Engine::Copy => "copy",
+            Engine::Sockmap => "sockmap",
         }
     }
 }
@@ -182,10 +207,15 @@ struct Direction<'a> {
 
 impl Direction<'_> {
     fn moved(&self, n: usize) {
-        for count in self.counts {
-            count.fetch_add(n as u64, Ordering::Relaxed);
-        }
+        self.count(n as u64);
         self.activity.touch();
+    }
+
+    /// Adds `n` bytes to the counts, without saying when they moved.
+    fn count(&self, n: u64) {
+        for count in self.counts {
+            count.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// A failed read (or wait for readiness) of `from`.
@@ -213,11 +243,14 @@ impl Direction<'_> {
     /// which is fine. The second EOF is not forwarded: the relay ends with it, and
     /// closing the socket sends the FIN (its input was read to EOF, so the close
     /// cannot turn into a reset). One system call less per connection.
-    fn forward_eof(&self) {
+    /// Returns whether it shut `to` down.
+    fn forward_eof(&self) -> bool {
         if self.activity.one_closed.swap(true, Ordering::AcqRel) {
-            return;
+            return false;
         }
-        let _: io::Result<()> = socket2::SockRef::from(self.to).shutdown(std::net::Shutdown::Write);
+        socket2::SockRef::from(self.to)
+            .shutdown(std::net::Shutdown::Write)
+            .is_ok()
     }
 
     async fn run(&self, engine: Engine) -> Result<(), Broken> {
@@ -254,10 +287,13 @@ impl Direction<'_> {
 
 /// Relays between `client` and `upstream` until both directions are closed, an
 /// error occurs, or nothing moves for `idle`, counting into `moved` and
-/// `tally` as bytes go. Dropping it cuts the connection short.
+/// `tally` as bytes go. Dropping it cuts the connection short. The sockets are
+/// borrowed mutably only for the sockmap engine, which takes them out of
+/// tokio's reactor while the kernel relays (and leaves stand-ins in their
+/// place, the real sockets closed when it returns).
 pub async fn relay(
-    client: &TcpStream,
-    upstream: &TcpStream,
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
     idle: Duration,
     moved: &Moved,
     tally: Tally<'_>,
@@ -268,35 +304,58 @@ pub async fn relay(
         last_ms: AtomicU64::new(0),
         one_closed: AtomicBool::new(false),
     };
-    let to_upstream = Direction {
-        from: client,
-        to: upstream,
-        counts: [&moved.up, tally.up],
-        activity: &activity,
-        from_side: Side::Client,
-    };
-    let to_client = Direction {
-        from: upstream,
-        to: client,
-        counts: [&moved.down, tally.down],
-        activity: &activity,
-        from_side: Side::Upstream,
-    };
+    if engine == Engine::Sockmap {
+        // Boxed: inline, its state would make every connection's task larger
+        // under every engine (a test keeps that under 3 KiB).
+        return Box::pin(sockmap::relay(
+            client, upstream, &activity, idle, moved, tally,
+        ))
+        .await;
+    }
+    let (to_upstream, to_client) = directions(client, upstream, &activity, moved, tally);
     let both = async { tokio::try_join!(to_upstream.run(engine), to_client.run(engine)) };
-    let watchdog = async {
-        loop {
-            let deadline = activity.last() + idle;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
-    };
     tokio::select! {
         result = both => match result {
             Ok(_) => End::Closed,
             Err(broken) => End::Broken(broken),
         },
-        () = watchdog => End::Idle,
+        () = idle_for(&activity, idle) => End::Idle,
+    }
+}
+
+/// Client → server and server → client.
+fn directions<'a>(
+    client: &'a TcpStream,
+    upstream: &'a TcpStream,
+    activity: &'a Activity,
+    moved: &'a Moved,
+    tally: Tally<'a>,
+) -> (Direction<'a>, Direction<'a>) {
+    (
+        Direction {
+            from: client,
+            to: upstream,
+            counts: [&moved.up, tally.up],
+            activity,
+            from_side: Side::Client,
+        },
+        Direction {
+            from: upstream,
+            to: client,
+            counts: [&moved.down, tally.down],
+            activity,
+            from_side: Side::Upstream,
+        },
+    )
+}
+
+/// Returns once no byte moved for `idle`, by `activity`.
+async fn idle_for(activity: &Activity, idle: Duration) {
+    loop {
+        let deadline = activity.last() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
     }
 }
