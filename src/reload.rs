@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
-use notify_debouncer_mini::{new_debouncer, DebounceEventResult, Debouncer};
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher as _};
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config, ConfigError};
@@ -180,7 +180,7 @@ async fn read(path: &Path) -> Result<String, ConfigError> {
 
 /// A running file watcher; dropping it stops watching.
 pub struct Watcher {
-    _debouncer: Debouncer<RecommendedWatcher>,
+    _watcher: RecommendedWatcher,
     changes: mpsc::UnboundedReceiver<()>,
 }
 
@@ -190,18 +190,18 @@ const DEBOUNCE: Duration = Duration::from_millis(250);
 impl Watcher {
     /// Watches the directory of `path` for changes to `path` (or to the `..data`
     /// style entries of a Kubernetes ConfigMap volume).
-    pub fn new(path: &Path) -> notify_debouncer_mini::notify::Result<Watcher> {
+    pub fn new(path: &Path) -> notify::Result<Watcher> {
         let dir = match path.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
             _ => PathBuf::from("."),
         };
         let name = path.file_name().map(ToOwned::to_owned);
         let (tx, changes) = mpsc::unbounded_channel();
-        let mut debouncer =
-            new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
-                Ok(events) => {
-                    let relevant = events.iter().any(|e| {
-                        let file = e.path.file_name();
+        let mut watcher =
+            notify::recommended_watcher(move |result: notify::Result<Event>| match result {
+                Ok(event) if is_change(&event.kind) => {
+                    let relevant = event.paths.iter().any(|path| {
+                        let file = path.file_name();
                         file == name.as_deref()
                             || file
                                 .and_then(|f| f.to_str())
@@ -211,23 +211,36 @@ impl Watcher {
                         let _ = tx.send(());
                     }
                 }
+                Ok(_) => {}
                 Err(e) => tracing::warn!("config file watcher: {e}"),
             })?;
-        debouncer
-            .watcher()
-            .watch(&dir, RecursiveMode::NonRecursive)?;
+        watcher.watch(&dir, RecursiveMode::NonRecursive)?;
         tracing::info!(dir = %dir.display(), "watching the config file for changes");
         Ok(Watcher {
-            _debouncer: debouncer,
+            _watcher: watcher,
             changes,
         })
     }
 
-    /// The next change (never resolves once the watcher thread is gone).
+    /// The next change, once the file has been quiet for [`DEBOUNCE`]: an
+    /// editor's save or a ConfigMap's symlink swap is a burst of events, and one
+    /// reload. Never resolves once the watcher thread is gone.
     pub async fn changed(&mut self) {
         if self.changes.recv().await.is_none() {
             std::future::pending::<()>().await;
         }
+        while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, self.changes.recv()).await {}
+    }
+}
+
+/// Whether an event can mean new contents. Opening and reading the file are
+/// not: a reload reads it, and counting that would make every reload start the
+/// next, a re-read every [`DEBOUNCE`] for good.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 

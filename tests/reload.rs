@@ -514,3 +514,24 @@ async fn the_reload_summary_names_every_changed_section() {
         assert!(line.contains(section), "{section} not named: {line}");
     }
 }
+
+/// A reload reads the file, and reading it must not look like a change: the
+/// watcher used to see its own open of the file and re-read it every 250 ms
+/// from the first reload on, for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_does_not_set_the_watcher_rereading_the_file() {
+    let (a, _b) = upstreams().await;
+    let listen = free_addr("127.0.0.1");
+    let text = format!("[log]\nlevel = \"debug\"\n{}", config(listen, a.addr, ""));
+    let proxy = Sniroute::start(&text);
+    proxy.signal("HUP");
+    proxy.wait_log("config reloaded");
+    // Touch the file without changing it: one read, found unchanged.
+    std::fs::write(proxy.path(), &text).unwrap();
+    proxy.wait_log("touched but unchanged");
+    // Six debounce periods of quiet: the bug re-read the file in each.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let log = proxy.log();
+    assert_eq!(log.matches("touched but unchanged").count(), 1, "{log}");
+    assert_eq!(reloads(&proxy), 1, "{log}");
+}
