@@ -340,7 +340,7 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
             }
             results.add_errors(case.name(), peer, errors);
             if let (Some(pid), Some(perf)) = (pid, ctx.perf) {
-                match count_tls_bulk(ctx, perf, pid, &targets).await {
+                match count_tls_bulk(ctx, perf, peer, pid, &targets, results).await {
                     Ok((counts, bytes, errors)) => {
                         add_counts(results, peer, counts, bytes);
                         results.add_errors(case.name(), peer, errors);
@@ -392,14 +392,22 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
 async fn count_tls_bulk(
     ctx: &Ctx<'_>,
     perf: &Perf,
+    peer: Peer,
     pid: u32,
     targets: &load::Targets,
+    results: &mut Results,
 ) -> Result<(syscalls::Counts, u64, u64), String> {
     let s = ctx.settings;
     let mut window = perf.attach(&procfs::tree(pid)).await?;
     window.enable().await?;
     let (bytes, errors) = load::tls_bulk(ctx.tls, &targets.tls, s.tls_bulk_conns, s.run).await;
     window.disable().await?;
+    // For comparison with the first window: how much counting slowed it.
+    results.add(
+        "syscalls_window_mb_per_s_tls_bulk",
+        peer,
+        bytes as f64 / 1e6 / s.run.as_secs_f64(),
+    );
     let counts = window.finish().await?;
     Ok((counts, bytes, errors))
 }

@@ -260,6 +260,12 @@ pub const METRICS: &[Metric] = &[
     // what each does per wake-up. Bytes per call count a spliced byte twice
     // (into the pipe, out of it) and a read byte once.
     metric(
+        "syscalls_window_mb_per_s_tls_bulk",
+        "TLS-bound bulk while perf counted",
+        "MB/s",
+        true,
+    ),
+    metric(
         "syscalls_per_mb_tls_bulk",
         "system calls per MB (TLS-bound bulk)",
         "1/MB",

@@ -144,7 +144,9 @@ pub async fn start(plan: &Plan, table: Table, watch: bool) -> Running {
 }
 
 /// Wall time of `sniroute --config BIG --check` (a new process that reads,
-/// parses, validates and summarises the file), `runs` times, in ms.
+/// parses, validates and summarises the file), `runs` times, in ms. Also
+/// checks that the summary counts the whole table and that `--explain` sends
+/// [`FALLTHROUGH_SNI`] to the default.
 pub fn check_ms(plan: &Plan, runs: usize) -> Result<Vec<f64>, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let path = dir.path().join(SNIROUTE_CONFIG);
@@ -165,6 +167,25 @@ pub fn check_ms(plan: &Plan, runs: usize) -> Result<Vec<f64>, String> {
             ));
         }
         times.push(took.as_secs_f64() * 1e3);
+        // The table is what it says: sniroute counts it in its summary.
+        let counts = format!("routes: {EXACT} exact, {WILDCARDS} wildcard, {REGEXES} regex;");
+        if !String::from_utf8_lossy(&out.stdout).contains(&counts) {
+            return Err(format!(
+                "sniroute --check does not report `{counts}`:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+    }
+    // And the load's name goes where this case needs it: to the default.
+    let out = peers::sniroute_command(plan, &path, false)
+        .args(["--explain", FALLTHROUGH_SNI])
+        .output()
+        .map_err(|e| format!("cannot run sniroute --explain: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.contains("route:   default") {
+        return Err(format!(
+            "{FALLTHROUGH_SNI} does not fall through to the default:\n{text}"
+        ));
     }
     Ok(times)
 }
