@@ -22,7 +22,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -157,6 +157,8 @@ pub fn check_ms(plan: &Plan, runs: usize) -> Result<Vec<f64>, String> {
         let began = Instant::now();
         let out = peers::sniroute_command(plan, &path, false)
             .arg("--check")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .output()
             .map_err(|e| format!("cannot run sniroute --check: {e}"))?;
         let took = began.elapsed();
@@ -179,6 +181,8 @@ pub fn check_ms(plan: &Plan, runs: usize) -> Result<Vec<f64>, String> {
     // And the load's name goes where this case needs it: to the default.
     let out = peers::sniroute_command(plan, &path, false)
         .args(["--explain", FALLTHROUGH_SNI])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .output()
         .map_err(|e| format!("cannot run sniroute --explain: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout);
