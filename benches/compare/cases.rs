@@ -429,6 +429,13 @@ fn add_counts(results: &mut Results, peer: Peer, c: syscalls::Counts, bytes: u64
             c.splice as f64 / mb,
         );
     }
+    if c.epoll > 0 {
+        results.add(
+            "syscalls_moves_per_wakeup_tls_bulk",
+            peer,
+            (c.splice + c.read) as f64 / c.epoll as f64,
+        );
+    }
     if c.splice_ok > 0 {
         results.add(
             "syscalls_kib_per_splice_tls_bulk",

@@ -284,6 +284,12 @@ pub const METRICS: &[Metric] = &[
         false,
     ),
     metric(
+        "syscalls_moves_per_wakeup_tls_bulk",
+        "splice + read-family calls per wake-up (TLS bulk)",
+        "calls",
+        false,
+    ),
+    metric(
         "syscalls_kib_per_splice_tls_bulk",
         "bytes per splice that moved any (TLS bulk)",
         "KiB",
