@@ -107,8 +107,8 @@ impl Perf {
         let has = |name: &str| events.iter().any(|e| e.0 == name);
         if !has("epoll") || !has("splice_ok") || !has("read_ok") {
             return Err(format!(
-                "perf cannot count the syscall tracepoints here (needs root or \
-                 kernel.perf_event_paranoid=-1, and tracefs): {last_error}"
+                "perf cannot count the syscall tracepoints here ({last_error}); it needs \
+                 root or kernel.perf_event_paranoid=-1, and tracefs"
             ));
         }
         Ok(Perf { events })
