@@ -1,7 +1,7 @@
 //! Side-by-side load test: sniroute, nginx stream and HAProxy, and the direct
 //! path, measured in the same run on loopback.
 //!
-//! `cargo bench --bench compare` (full run, about 11 minutes on 2 cores), or
+//! `cargo bench --bench compare` (full run, about 10 minutes on 2 cores), or
 //! with `SNIROUTE_BENCH_SMOKE=1` a smoke run of about 55 s that only shows
 //! the harness works end to end (its numbers mean little). It prints a table of
 //! medians and ratios and writes `results.json`, `table.md` and `compare.svg`

@@ -317,6 +317,8 @@ async fn reload_once(
     Ok(d.as_secs_f64() * 1e3)
 }
 
+/// Records one watched reload's time (or its error, with the log) and stops
+/// its sniroute.
 async fn finish(
     running: Running,
     result: Result<f64, String>,
