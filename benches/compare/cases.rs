@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use crate::peers::{self, Peer, Plan};
 use crate::report::Results;
+use crate::routes::{self, Table};
+use crate::syscalls::{self, Perf};
 use crate::{load, procfs, Settings};
 
 /// One kind of load; see the crate docs for what each does.
@@ -20,16 +22,20 @@ pub enum Case {
     TlsLatency,
     KeepaliveLatency,
     Idle,
+    TlsBulk,
+    Routes,
 }
 
 impl Case {
-    pub const ALL: [Case; 6] = [
+    pub const ALL: [Case; 8] = [
         Case::Tls,
         Case::Replay,
         Case::Bulk,
         Case::TlsLatency,
         Case::KeepaliveLatency,
         Case::Idle,
+        Case::TlsBulk,
+        Case::Routes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +46,18 @@ impl Case {
             Case::TlsLatency => "tls_latency",
             Case::KeepaliveLatency => "keepalive_latency",
             Case::Idle => "idle",
+            Case::TlsBulk => "tls_bulk",
+            Case::Routes => "routes",
+        }
+    }
+
+    /// Whether `peer` takes part: idle memory needs a proxy, and the route
+    /// table is sniroute's against itself (see `routes`).
+    pub fn runs_on(self, peer: Peer) -> bool {
+        match self {
+            Case::Idle => peer != Peer::Direct,
+            Case::Routes => peer == Peer::Sniroute,
+            _ => true,
         }
     }
 }
@@ -50,6 +68,8 @@ pub struct Ctx<'a> {
     pub plan: &'a Plan,
     pub tls: &'a load::TlsClient,
     pub hello: Arc<[u8]>,
+    /// System-call counting, where perf can do it.
+    pub perf: Option<&'a Perf>,
 }
 
 pub fn targets_for(peer: Peer, listen: Option<SocketAddr>, plan: &Plan) -> load::Targets {
@@ -149,6 +169,9 @@ pub async fn measure(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Result
 /// One measurement; returns how busy the rest of the machine was (% of a core).
 async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Results) -> f64 {
     let s = ctx.settings;
+    if case == Case::Routes {
+        return measure_routes(ctx, results).await;
+    }
     let running = match peer {
         Peer::Direct => None,
         p => Some(peers::start(p, ctx.plan).await),
@@ -291,6 +314,43 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
             results.add_errors(case.name(), peer, lat.errors);
             used.other_busy
         }
+        Case::TlsBulk => {
+            load::tls_bulk(ctx.tls, &targets.tls, s.tls_bulk_conns, s.warmup).await;
+            let before = clocks(pid);
+            let (bytes, errors) =
+                load::tls_bulk(ctx.tls, &targets.tls, s.tls_bulk_conns, s.run).await;
+            let used = usage(&before, pid);
+            results.add("tls_bulk", peer, bytes as f64 / 1e6 / s.run.as_secs_f64());
+            results.add("loadgen_busy_tls_bulk", peer, used.own_busy);
+            results.add("other_busy_tls_bulk", peer, used.other_busy);
+            if bytes > 0 {
+                results.add(
+                    "machine_cpu_per_gb_tls_bulk",
+                    peer,
+                    used.machine * 1e3 / (bytes as f64 / 1e9),
+                );
+            }
+            if has_proxy && bytes > 0 {
+                results.add(
+                    "cpu_per_gb_tls_bulk",
+                    peer,
+                    used.proxy * 1e3 / (bytes as f64 / 1e9),
+                );
+                results.add("proxy_busy_tls_bulk", peer, used.proxy_busy);
+            }
+            results.add_errors(case.name(), peer, errors);
+            if let (Some(pid), Some(perf)) = (pid, ctx.perf) {
+                match count_tls_bulk(ctx, perf, peer, pid, &targets, results).await {
+                    Ok((counts, bytes, errors)) => {
+                        add_counts(results, peer, counts, bytes);
+                        results.add_errors(case.name(), peer, errors);
+                    }
+                    Err(e) => eprintln!("tls_bulk/{}: no system-call counts: {e}", peer.name()),
+                }
+            }
+            used.other_busy
+        }
+        Case::Routes => unreachable!("measured by measure_routes"),
         // Memory does not depend on what else runs: never repeated for noise.
         Case::Idle => match pid {
             None => 0.0,
@@ -323,4 +383,162 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
         r.stop().await;
     }
     noise
+}
+
+/// A second TLS-bound bulk window, with perf counting the proxy's system
+/// calls (its own window: enabled tracepoints slow every system call a
+/// little, and the CPU numbers come from the first). The counts include the
+/// few calls of the 8 handshakes before the timed part; the bytes do not.
+async fn count_tls_bulk(
+    ctx: &Ctx<'_>,
+    perf: &Perf,
+    peer: Peer,
+    pid: u32,
+    targets: &load::Targets,
+    results: &mut Results,
+) -> Result<(syscalls::Counts, u64, u64), String> {
+    let s = ctx.settings;
+    let mut window = perf.attach(&procfs::tree(pid)).await?;
+    window.enable().await?;
+    let (bytes, errors) = load::tls_bulk(ctx.tls, &targets.tls, s.tls_bulk_conns, s.run).await;
+    window.disable().await?;
+    // For comparison with the first window: how much counting slowed it.
+    results.add(
+        "syscalls_window_mb_per_s_tls_bulk",
+        peer,
+        bytes as f64 / 1e6 / s.run.as_secs_f64(),
+    );
+    let counts = window.finish().await?;
+    Ok((counts, bytes, errors))
+}
+
+/// The system-call rows of one counted window that moved `bytes` through the
+/// proxy. Each byte is spliced twice (socket → pipe → socket) but read once.
+fn add_counts(results: &mut Results, peer: Peer, c: syscalls::Counts, bytes: u64) {
+    if bytes == 0 {
+        return;
+    }
+    let mb = bytes as f64 / 1e6;
+    results.add("tls_bulk_wakeups_per_mb", peer, c.epoll as f64 / mb);
+    results.add("syscalls_per_mb_tls_bulk", peer, c.all as f64 / mb);
+    results.add("syscalls_reads_per_mb_tls_bulk", peer, c.read as f64 / mb);
+    if c.splice > 0 {
+        results.add(
+            "syscalls_splices_per_mb_tls_bulk",
+            peer,
+            c.splice as f64 / mb,
+        );
+    }
+    if c.epoll > 0 {
+        results.add(
+            "syscalls_moves_per_wakeup_tls_bulk",
+            peer,
+            (c.splice + c.read) as f64 / c.epoll as f64,
+        );
+    }
+    if c.splice_ok > 0 {
+        results.add(
+            "syscalls_kib_per_splice_tls_bulk",
+            peer,
+            2.0 * bytes as f64 / c.splice_ok as f64 / 1024.0,
+        );
+    } else if c.read_ok > 0 {
+        results.add(
+            "syscalls_kib_per_read_tls_bulk",
+            peer,
+            bytes as f64 / c.read_ok as f64 / 1024.0,
+        );
+    }
+}
+
+/// The route-table case (sniroute only; see `routes`): CPU per connection
+/// with each table (in alternating order from one measurement to the next, so
+/// that drift favours neither), their ratio, `--check`, and reloads. Returns
+/// how busy the rest of the machine was during the CPU windows.
+async fn measure_routes(ctx: &Ctx<'_>, results: &mut Results) -> f64 {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static ROUND: AtomicUsize = AtomicUsize::new(0);
+    let s = ctx.settings;
+    let peer = Peer::Sniroute;
+    let hello = routes::fallthrough_hello();
+    let mut order = [Table::Small, Table::Big];
+    if ROUND.fetch_add(1, Ordering::Relaxed) % 2 == 1 {
+        order.reverse();
+    }
+    let mut noise = 0.0f64;
+    let mut per_conn = [None, None];
+    for table in order {
+        let running = routes::start(ctx.plan, table, false).await;
+        let pid = Some(running.pid());
+        let listen = running.listen;
+        let run_once = |d: Duration| {
+            let hello = hello.clone();
+            load::closed_loop(s.concurrency, d, move |_| {
+                let hello = hello.clone();
+                async move { load::replay_once(&hello, listen).await }
+            })
+        };
+        run_once(s.warmup).await;
+        let before = clocks(pid);
+        let counted = run_once(s.run).await;
+        let used = usage(&before, pid);
+        running.stop().await;
+        noise = noise.max(used.other_busy);
+        results.add_errors("routes", peer, counted.errors);
+        if counted.done == 0 {
+            continue;
+        }
+        let (cpu_key, machine_key) = match table {
+            Table::Small => ("routes_cpu_per_1k_small", "routes_machine_cpu_per_1k_small"),
+            Table::Big => ("routes_cpu_per_1k_big", "routes_machine_cpu_per_1k_big"),
+        };
+        let cpu = used.proxy * 1e3 * 1000.0 / counted.done as f64;
+        results.add(cpu_key, peer, cpu);
+        results.add(
+            machine_key,
+            peer,
+            used.machine * 1e3 * 1000.0 / counted.done as f64,
+        );
+        per_conn[usize::from(table == Table::Big)] = Some(cpu);
+    }
+    if let [Some(small), Some(big)] = per_conn {
+        if small > 0.0 {
+            results.add("routes_cpu_ratio", peer, big / small);
+        }
+    }
+
+    let runs = if s.smoke { 3 } else { 5 };
+    match routes::check_ms(ctx.plan, runs) {
+        Ok(times) => results.add("routes_check_ms", peer, median(times)),
+        Err(e) => {
+            eprintln!("routes: {e}");
+            results.add_errors("routes", peer, 1);
+        }
+    }
+    let reloads = if s.smoke { 2 } else { 3 };
+    for (trigger, key) in [
+        (routes::Trigger::FileWatch, "routes_reload_ms"),
+        (routes::Trigger::Sighup, "routes_reload_sighup_ms"),
+    ] {
+        match routes::reload_ms(ctx.plan, trigger, reloads).await {
+            Ok((times, errors)) => {
+                results.add(key, peer, median(times));
+                results.add_errors("routes", peer, errors);
+            }
+            Err(e) => {
+                eprintln!("routes: reload ({trigger:?}): {e}");
+                results.add_errors("routes", peer, 1);
+            }
+        }
+    }
+    noise
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }

@@ -1,19 +1,22 @@
 //! The load generator: closed-loop connection rates (real TLS handshakes, or a
-//! captured ClientHello replayed), kept-alive bulk downloads, open-loop latency
-//! at a fixed rate, and idle connections held open. Every loop is bounded by a
+//! captured ClientHello replayed), kept-alive bulk downloads (replayed, or real
+//! TLS), open-loop latency at a fixed rate, idle connections held open, and
+//! the one-byte probe of the route-table case. Every loop is bounded by a
 //! deadline and every operation by a timeout.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 
-use crate::upstream::{FLIGHT, HTTP_RESPONSE, RESPONSE};
+use crate::upstream::{bulk_head, BULK_BODY, BULK_PATH, FLIGHT, HTTP_RESPONSE, RESPONSE};
 
 /// Longest any single operation may take before it counts as an error.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -358,4 +361,140 @@ pub async fn open_idle(
         }
     }
     (all, errors)
+}
+
+/// A TCP stream that counts the bytes crossing it both ways: under TLS, what
+/// went over the wire (records, not plaintext), which is what a proxy relays.
+struct Metered {
+    inner: TcpStream,
+    bytes: Arc<AtomicU64>,
+}
+
+impl AsyncRead for Metered {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Metered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// TLS-bound bulk: `conns` kept-alive TLS connections, each asking for
+/// `GET /bulk` and reading the whole 1 MiB answer, then asking again, until
+/// `run` has passed (counted from when every handshake is done). Both TLS
+/// ends are in this process, on the load generator's core, so they set the
+/// rate, not the proxy. Returns the bytes that crossed the wire (both ways,
+/// TLS records) within `run`, and the number of failed connections.
+pub async fn tls_bulk(
+    client: &TlsClient,
+    addrs: &[SocketAddr],
+    conns: usize,
+    run: Duration,
+) -> (u64, u64) {
+    let wire = Arc::new(AtomicU64::new(0));
+    let request: Arc<[u8]> = Arc::from(
+        format!(
+            "GET {BULK_PATH} HTTP/1.1\r\nHost: {}\r\n\r\n",
+            crate::peers::TLS_NAME
+        )
+        .into_bytes(),
+    );
+    let mut streams = Vec::with_capacity(conns);
+    for c in 0..conns {
+        let open = async {
+            let inner = connect(addrs[c % addrs.len()]).await?;
+            let metered = Metered {
+                inner,
+                bytes: wire.clone(),
+            };
+            client.connector.connect(client.name.clone(), metered).await
+        };
+        if let Ok(Ok(s)) = timeout(OP_TIMEOUT, open).await {
+            streams.push(s);
+        }
+    }
+    let failed = (conns - streams.len()) as u64;
+    // The handshakes are not part of the window.
+    wire.store(0, Ordering::Relaxed);
+    let deadline = Instant::now() + run;
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .map(|mut tls| {
+            let request = request.clone();
+            tokio::spawn(async move {
+                let head = bulk_head();
+                let mut got_head = vec![0u8; head.len()];
+                let mut buf = vec![0u8; 256 * 1024];
+                while Instant::now() < deadline {
+                    if tls.write_all(&request).await.is_err() || tls.flush().await.is_err() {
+                        return 1;
+                    }
+                    match tokio::time::timeout_at(deadline, tls.read_exact(&mut got_head)).await {
+                        Err(_) => return 0,
+                        Ok(Err(_)) => return 1,
+                        Ok(Ok(_)) if got_head != head => return 1,
+                        Ok(Ok(_)) => {}
+                    }
+                    let mut left = BULK_BODY;
+                    while left > 0 {
+                        // A timeout polls the read first: with bytes always
+                        // ready it would read on past the deadline.
+                        if Instant::now() >= deadline {
+                            return 0;
+                        }
+                        let want = buf.len().min(left);
+                        match tokio::time::timeout_at(deadline, tls.read(&mut buf[..want])).await {
+                            Err(_) => return 0,
+                            Ok(Ok(0)) | Ok(Err(_)) => return 1,
+                            Ok(Ok(n)) => left -= n,
+                        }
+                    }
+                }
+                0
+            })
+        })
+        .collect();
+    let mut errors = failed;
+    for t in tasks {
+        errors += t.await.unwrap_or(1);
+    }
+    (wire.load(Ordering::Relaxed), errors)
+}
+
+/// The route-table case's probe: a new connection that sends `hello` and
+/// reads the one byte a probe server answers (`A` or `B`): which pool the
+/// proxy chose for the hello's name.
+pub async fn probe_once(hello: &[u8], addr: SocketAddr) -> io::Result<u8> {
+    let mut stream = connect(addr).await?;
+    stream.write_all(hello).await?;
+    let mut letter = [0u8; 1];
+    stream.read_exact(&mut letter).await?;
+    Ok(letter[0])
 }

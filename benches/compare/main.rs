@@ -1,8 +1,8 @@
 //! Side-by-side load test: sniroute, nginx stream and HAProxy, and the direct
 //! path, measured in the same run on loopback.
 //!
-//! `cargo bench --bench compare` (full run, about 7 minutes on 2 cores), or
-//! with `SNIROUTE_BENCH_SMOKE=1` a smoke run of about 40 s that only shows
+//! `cargo bench --bench compare` (full run, about 10 minutes on 2 cores), or
+//! with `SNIROUTE_BENCH_SMOKE=1` a smoke run of about 55 s that only shows
 //! the harness works end to end (its numbers mean little). It prints a table of
 //! medians and ratios and writes `results.json`, `table.md` and `compare.svg`
 //! to `target/bench-compare/`. It installs nothing: a missing nginx, nginx stream
@@ -23,10 +23,19 @@
 //! - `tls_latency`: p50/p99 of whole new TLS connections started at a fixed rate;
 //! - `keepalive_latency`: p50/p99 of a 1 KB exchange on kept-alive connections
 //!   at a fixed rate;
-//! - `idle`: RSS of the proxy holding N idle proxied connections, per connection.
+//! - `idle`: RSS of the proxy holding N idle proxied connections, per connection;
+//! - `tls_bulk`: TLS-bound bulk: 8 kept-alive real TLS 1.3 connections each
+//!   downloading 1 MiB bodies in turn from the TLS server, so both TLS ends
+//!   (on the load generator's core) set the rate and the proxy relays a flow
+//!   slower than it could; then a second window in which perf counts the
+//!   proxy's wake-ups (epoll returns) and reads or splices per MB (`syscalls`);
+//! - `routes` (sniroute only): CPU per connection with 11,100 routes against
+//!   3 for a name that falls through all of them, and with the big table the
+//!   time of `--check` and of a reload (see `routes`).
 //!
 //! CPU time of the proxy (all its processes) is read from /proc around each
-//! timed case, giving CPU per GB (bulk) and per 1,000 connections.
+//! timed case, giving CPU per GB (bulk, tls_bulk) and per 1,000 connections;
+//! so is the whole machine's (every core, softirq included, /proc/stat).
 //!
 //! Settings (environment): `SNIROUTE_BENCH_SMOKE=1`, `SNIROUTE_BENCH_SECS`
 //! (seconds per case), `SNIROUTE_BENCH_REPS`, `SNIROUTE_BENCH_IDLE_CONNS`,
@@ -39,6 +48,8 @@ mod load;
 mod peers;
 mod procfs;
 mod report;
+mod routes;
+mod syscalls;
 mod tls;
 mod upstream;
 
@@ -70,6 +81,8 @@ struct Settings {
     rate: f64,
     bulk_conns: usize,
     bulk_chunk: u64,
+    /// Kept-alive TLS connections of the TLS-bound bulk case.
+    tls_bulk_conns: usize,
     keepalive_conns: usize,
     peers: Vec<Peer>,
     cases: Vec<Case>,
@@ -135,6 +148,7 @@ impl Settings {
             rate: 200.0,
             bulk_conns: 4,
             bulk_chunk: 64 << 20,
+            tls_bulk_conns: 8,
             keepalive_conns: 8,
             peers,
             cases,
@@ -146,7 +160,7 @@ impl Settings {
     }
 }
 
-fn on_path(program: &str) -> bool {
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
@@ -273,9 +287,11 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
     let hello: Arc<[u8]> = Arc::from(hellos::CHROMIUM);
     let tls_up = upstream::start_tls(tls::server_config()).await;
     let replay_up = upstream::start_replay(hello.len()).await;
+    let probes = upstream::start_probes(hello.len()).await;
     let plan = Plan {
         tls_servers: tls_up.addrs,
         replay_servers: replay_up.addrs,
+        probe_servers: probes.addrs,
         replay_name: hellos::CHROMIUM_SNI.to_owned(),
         max_connections: settings.idle_conns as u64 + 500,
         nofile: procfs::nofile_limit(),
@@ -379,6 +395,38 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
             "none"
         }
     );
+    // System calls are counted only where a case needs them (tls_bulk).
+    let perf = if settings.cases.contains(&Case::TlsBulk) {
+        match syscalls::Perf::probe() {
+            Ok(perf) => {
+                println!("syscalls:  counted with perf stat (tracepoints) in tls_bulk");
+                Some(perf)
+            }
+            Err(reason) => {
+                println!(
+                    "syscalls:  not counted, so tls_bulk has no wake-up or splice rows: {reason}"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if settings.cases.contains(&Case::Routes) {
+        let others: Vec<&str> = settings
+            .peers
+            .iter()
+            .filter(|&&p| !Case::Routes.runs_on(p))
+            .map(|p| p.name())
+            .collect();
+        if !others.is_empty() {
+            println!(
+                "routes:    sniroute's big table against its small one; skipped for {} \
+                 (their own route syntax and reloads would be another comparison)",
+                others.join(", ")
+            );
+        }
+    }
 
     // One start of each proxy up front: does it route both names, and how many
     // threads does it run?
@@ -429,6 +477,13 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         "latency_rate_per_s": settings.rate,
         "bulk_connections": settings.bulk_conns,
         "bulk_request_bytes": settings.bulk_chunk,
+        "tls_bulk_connections": settings.tls_bulk_conns,
+        "tls_bulk_body_bytes": upstream::BULK_BODY,
+        "syscalls_counted": perf.is_some(),
+        "route_table": { "big": routes::Table::Big.routes(), "exact": routes::EXACT,
+                         "wildcards": routes::WILDCARDS, "regexes": routes::REGEXES,
+                         "small": routes::Table::Small.routes(),
+                         "fallthrough_name": routes::FALLTHROUGH_SNI },
         "keepalive_connections": settings.keepalive_conns,
         "idle_connections": settings.idle_conns,
         "pinned": pinned,
@@ -444,7 +499,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
             let n = order.len();
             order.rotate_left(rep % n.max(1));
             for peer in order {
-                if case == Case::Idle && peer == Peer::Direct {
+                if !case.runs_on(peer) {
                     continue;
                 }
                 let ctx = Ctx {
@@ -452,6 +507,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
                     plan: &plan,
                     tls: &tls_client,
                     hello: hello.clone(),
+                    perf: perf.as_ref(),
                 };
                 measure(&ctx, case, peer, &mut results).await;
             }

@@ -51,6 +51,9 @@ impl Peer {
 pub struct Plan {
     pub tls_servers: [SocketAddr; 2],
     pub replay_servers: [SocketAddr; 2],
+    /// The route-table case's probe servers, A and B (not in the configs of
+    /// the other cases).
+    pub probe_servers: [SocketAddr; 2],
     /// SNI of the replayed hello.
     pub replay_name: String,
     /// Client connections each proxy must accept at once.
@@ -72,6 +75,11 @@ pub struct Running {
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The directory its config is in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// The proxy's log so far (its stderr).
@@ -206,20 +214,12 @@ fn haproxy_map(plan: &Plan) -> String {
 fn command(peer: Peer, plan: &Plan, listen: SocketAddr) -> (Command, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temp dir for the proxy config");
     let path = |name: &str| -> PathBuf { dir.path().join(name) };
-    let (program, args, envs): (&str, Vec<String>, Vec<(&str, &str)>) = match peer {
+    let (program, args): (&str, Vec<String>) = match peer {
         Peer::Direct => unreachable!("the direct path runs no proxy"),
         Peer::Sniroute => {
-            std::fs::write(path("sniroute.toml"), sniroute_config(plan, listen))
+            std::fs::write(path(SNIROUTE_CONFIG), sniroute_config(plan, listen))
                 .expect("write sniroute config");
-            (
-                env!("CARGO_BIN_EXE_sniroute"),
-                vec![
-                    "--config".into(),
-                    path("sniroute.toml").display().to_string(),
-                    "--no-watch".into(),
-                ],
-                vec![("TOKIO_WORKER_THREADS", "1")],
-            )
+            return (sniroute_command(plan, &path(SNIROUTE_CONFIG), false), dir);
         }
         Peer::Nginx => {
             std::fs::write(path("nginx.conf"), nginx_config(plan, listen, dir.path()))
@@ -236,7 +236,6 @@ fn command(peer: Peer, plan: &Plan, listen: SocketAddr) -> (Command, tempfile::T
                     "-g".into(),
                     "daemon off;".into(),
                 ],
-                vec![],
             )
         }
         Peer::Haproxy => {
@@ -253,24 +252,46 @@ fn command(peer: Peer, plan: &Plan, listen: SocketAddr) -> (Command, tempfile::T
                     path("haproxy.cfg").display().to_string(),
                     "-db".into(),
                 ],
-                vec![],
             )
         }
     };
-    let mut cmd = match &plan.proxy_cpu {
+    let mut cmd = pinned(plan, program);
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    (cmd, dir)
+}
+
+/// `program` on the proxy's core, if pinning.
+fn pinned(plan: &Plan, program: &str) -> Command {
+    match &plan.proxy_cpu {
         Some(cpu) => {
             let mut c = Command::new("taskset");
             c.arg("-c").arg(cpu).arg(program);
             c
         }
         None => Command::new(program),
-    };
-    cmd.args(args)
-        .envs(envs)
+    }
+}
+
+/// The name of sniroute's config file in its directory.
+pub const SNIROUTE_CONFIG: &str = "sniroute.toml";
+
+/// sniroute (the release build `cargo bench` makes) on `config`, one tokio
+/// worker, on the proxy's core. Without `watch` it does not watch its file,
+/// as in every case but the reload measurement.
+pub fn sniroute_command(plan: &Plan, config: &Path, watch: bool) -> Command {
+    let mut cmd = pinned(plan, env!("CARGO_BIN_EXE_sniroute"));
+    cmd.arg("--config").arg(config);
+    if !watch {
+        cmd.arg("--no-watch");
+    }
+    cmd.env("TOKIO_WORKER_THREADS", "1")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    (cmd, dir)
+    cmd
 }
 
 /// Validates `peer`'s config without serving (`nginx -t`, `haproxy -c`,
@@ -305,7 +326,31 @@ pub fn check(peer: Peer, plan: &Plan) -> Result<(), String> {
 /// until its worker runs).
 pub async fn start(peer: Peer, plan: &Plan) -> Running {
     let listen = free_port();
-    let (mut cmd, dir) = command(peer, plan, listen);
+    let (cmd, dir) = command(peer, plan, listen);
+    launch(peer, cmd, dir, listen).await
+}
+
+/// Starts sniroute on the config `config(listen)` returns (written to
+/// [`SNIROUTE_CONFIG`] in a fresh directory) and waits until it accepts.
+pub async fn start_sniroute_with(
+    plan: &Plan,
+    config: impl FnOnce(SocketAddr) -> String,
+    watch: bool,
+) -> Running {
+    let listen = free_port();
+    let dir = tempfile::tempdir().expect("a temp dir for the proxy config");
+    let path = dir.path().join(SNIROUTE_CONFIG);
+    std::fs::write(&path, config(listen)).expect("write sniroute config");
+    let cmd = sniroute_command(plan, &path, watch);
+    launch(Peer::Sniroute, cmd, dir, listen).await
+}
+
+async fn launch(
+    peer: Peer,
+    mut cmd: Command,
+    dir: tempfile::TempDir,
+    listen: SocketAddr,
+) -> Running {
     let log = std::fs::File::create(dir.path().join("stderr.log")).expect("create proxy log");
     let child = cmd
         .stderr(log)

@@ -49,6 +49,12 @@ pub const METRICS: &[Metric] = &[
         true,
     ),
     metric(
+        "tls_bulk",
+        "TLS-bound bulk download, 8 TLS connections",
+        "MB/s",
+        true,
+    ),
+    metric(
         "tls_latency_p50",
         "latency p50, new TLS connection at fixed rate",
         "us",
@@ -85,6 +91,18 @@ pub const METRICS: &[Metric] = &[
         false,
     ),
     metric(
+        "cpu_per_gb_tls_bulk",
+        "proxy CPU per GB relayed (TLS-bound bulk)",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "tls_bulk_wakeups_per_mb",
+        "proxy wake-ups per MB (TLS-bound bulk)",
+        "1/MB",
+        false,
+    ),
+    metric(
         "cpu_per_1k_conns",
         "proxy CPU per 1,000 connections (replay)",
         "CPU ms",
@@ -103,6 +121,12 @@ pub const METRICS: &[Metric] = &[
         false,
     ),
     metric(
+        "machine_cpu_per_gb_tls_bulk",
+        "whole-machine CPU per GB (TLS-bound bulk)",
+        "CPU ms",
+        false,
+    ),
+    metric(
         "machine_cpu_per_1k_conns",
         "whole-machine CPU per 1,000 connections (replay)",
         "CPU ms",
@@ -112,6 +136,56 @@ pub const METRICS: &[Metric] = &[
         "machine_cpu_per_1k_tls_conns",
         "whole-machine CPU per 1,000 connections (TLS)",
         "CPU ms",
+        false,
+    ),
+    // The route table (sniroute alone): 11,100 routes against 3, for a name
+    // that falls through every one of them to the default.
+    metric(
+        "routes_cpu_per_1k_small",
+        "proxy CPU per 1,000 conns, 3 routes",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "routes_cpu_per_1k_big",
+        "proxy CPU per 1,000 conns, 11,100 routes",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "routes_cpu_ratio",
+        "proxy CPU per conn, 11,100 routes / 3 routes",
+        "ratio",
+        false,
+    ),
+    metric(
+        "routes_machine_cpu_per_1k_small",
+        "whole-machine CPU per 1k conns, 3 routes",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "routes_machine_cpu_per_1k_big",
+        "whole-machine CPU per 1k conns, 11,100 routes",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "routes_check_ms",
+        "--check of 11,100 routes, wall time",
+        "ms",
+        false,
+    ),
+    metric(
+        "routes_reload_ms",
+        "11,100 routes: rewrite to reload in effect",
+        "ms",
+        false,
+    ),
+    metric(
+        "routes_reload_sighup_ms",
+        "11,100 routes: rewrite+SIGHUP to in effect",
+        "ms",
         false,
     ),
     // Diagnostics: how busy each core was, to tell who the bottleneck was.
@@ -129,6 +203,12 @@ pub const METRICS: &[Metric] = &[
     ),
     metric("proxy_busy_bulk", "proxy core busy during bulk", "%", false),
     metric(
+        "proxy_busy_tls_bulk",
+        "proxy core busy during TLS-bound bulk",
+        "%",
+        false,
+    ),
+    metric(
         "loadgen_busy_replay",
         "load-generator core busy during replay connections",
         "%",
@@ -143,6 +223,12 @@ pub const METRICS: &[Metric] = &[
     metric(
         "loadgen_busy_bulk",
         "load-generator core busy during bulk",
+        "%",
+        false,
+    ),
+    metric(
+        "loadgen_busy_tls_bulk",
+        "load-generator core busy during TLS-bound bulk",
         "%",
         false,
     ),
@@ -164,11 +250,62 @@ pub const METRICS: &[Metric] = &[
         "%",
         false,
     ),
+    metric(
+        "other_busy_tls_bulk",
+        "rest of the machine during TLS-bound bulk",
+        "%",
+        false,
+    ),
+    // Diagnostics: the proxy's system calls in TLS-bound bulk (perf), to see
+    // what each does per wake-up. Bytes per call count a spliced byte twice
+    // (into the pipe, out of it) and a read byte once.
+    metric(
+        "syscalls_window_mb_per_s_tls_bulk",
+        "TLS-bound bulk while perf counted",
+        "MB/s",
+        true,
+    ),
+    metric(
+        "syscalls_per_mb_tls_bulk",
+        "system calls per MB (TLS-bound bulk)",
+        "1/MB",
+        false,
+    ),
+    metric(
+        "syscalls_reads_per_mb_tls_bulk",
+        "read-family calls per MB (TLS-bound bulk)",
+        "1/MB",
+        false,
+    ),
+    metric(
+        "syscalls_splices_per_mb_tls_bulk",
+        "splice calls per MB (TLS-bound bulk)",
+        "1/MB",
+        false,
+    ),
+    metric(
+        "syscalls_moves_per_wakeup_tls_bulk",
+        "splice + read-family calls per wake-up (TLS bulk)",
+        "calls",
+        false,
+    ),
+    metric(
+        "syscalls_kib_per_splice_tls_bulk",
+        "bytes per splice that moved any (TLS bulk)",
+        "KiB",
+        false,
+    ),
+    metric(
+        "syscalls_kib_per_read_tls_bulk",
+        "bytes per read, when no splice (TLS bulk)",
+        "KiB",
+        false,
+    ),
 ];
 
 /// Metrics that are diagnostics, not scores: no ratios, no chart.
 fn is_diagnostic(key: &str) -> bool {
-    key.contains("_busy_")
+    key.contains("_busy_") || key.starts_with("syscalls_")
 }
 
 /// Samples per metric and peer, one per repetition.
@@ -334,12 +471,28 @@ impl Results {
              the load generator and the servers on the other):\n\n\
              | during | core | direct | sniroute | nginx | haproxy |\n|---|---|--:|--:|--:|--:|\n",
         );
-        for m in METRICS.iter().filter(|m| is_diagnostic(m.key)) {
+        for m in METRICS.iter().filter(|m| m.key.contains("_busy_")) {
             let cell = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
             let (core, during) = m.title.split_once(" during ").unwrap_or((m.title, ""));
             out.push_str(&format!(
                 "| {during} | {core} | {} | {} | {} | {} |\n",
                 cell(self.median(m.key, Peer::Direct)),
+                cell(self.median(m.key, Peer::Sniroute)),
+                cell(self.median(m.key, Peer::Nginx)),
+                cell(self.median(m.key, Peer::Haproxy)),
+            ));
+        }
+        out.push_str(
+            "\nThe proxy's system calls during TLS-bound bulk (diagnostics, counted by perf \
+             in a window of their own):\n\n\
+             | what | unit | sniroute | nginx | haproxy |\n|---|---|--:|--:|--:|\n",
+        );
+        for m in METRICS.iter().filter(|m| m.key.starts_with("syscalls_")) {
+            let cell = |v: Option<f64>| v.map(fmt_value).unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                m.title,
+                m.unit,
                 cell(self.median(m.key, Peer::Sniroute)),
                 cell(self.median(m.key, Peer::Nginx)),
                 cell(self.median(m.key, Peer::Haproxy)),

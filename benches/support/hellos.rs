@@ -35,3 +35,32 @@ pub fn split_into_records(hello: &[u8], parts: usize) -> Vec<u8> {
     }
     out
 }
+
+/// `hello` with its SNI `old` replaced by `new`, a name of the same length, so
+/// that no length field changes and the rest of the capture stays byte for
+/// byte what the client sent. Panics unless `old` occurs exactly once, as a
+/// server_name entry (a host_name type byte and a two-byte length before it).
+pub fn with_sni(hello: &[u8], old: &str, new: &str) -> Vec<u8> {
+    assert_eq!(
+        old.len(),
+        new.len(),
+        "the new name must be as long as the old"
+    );
+    let found: Vec<usize> = hello
+        .windows(old.len())
+        .enumerate()
+        .filter(|(_, w)| *w == old.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(found.len(), 1, "{old} must occur exactly once in the hello");
+    let at = found[0];
+    let len = u16::try_from(old.len()).expect("a short name");
+    assert_eq!(
+        hello[at - 3..at],
+        [0, (len >> 8) as u8, len as u8],
+        "{old} is not a server_name entry"
+    );
+    let mut out = hello.to_vec();
+    out[at..at + new.len()].copy_from_slice(new.as_bytes());
+    out
+}
