@@ -270,7 +270,6 @@ fn handed_on(listeners: &Listeners, endpoint: Option<&Endpoint>) -> Vec<OwnedFd>
 /// An upgrade under way: the new process started, not ready yet.
 type Upgrading = Pin<Box<dyn Future<Output = Result<Successor, UpgradeError>> + Send>>;
 
-/// The outcome of the upgrade under way; pending while there is none.
 /// How often the timer anchor wakes: below the default connect and peek
 /// timeouts, so a new connection's deadline is never the earliest timer.
 const TIMER_ANCHOR: Duration = Duration::from_secs(1);
@@ -287,6 +286,7 @@ async fn anchor_timers() {
     }
 }
 
+/// The outcome of the upgrade under way; pending while there is none.
 async fn upgrade_done(upgrading: &mut Option<Upgrading>) -> Result<Successor, UpgradeError> {
     let Some(pending) = upgrading else {
         return std::future::pending().await;
