@@ -143,6 +143,44 @@ pub const ATTEMPTS: usize = 3;
 /// rest of the machine (other processes, unattributed interrupt time) used
 /// more than [`NOISE_LIMIT`] is repeated after a pause, at most [`ATTEMPTS`]
 /// times in all; the last one is kept either way and counted as noisy.
+/// The result keys of a case that moves bytes (bulk, TLS-bound bulk): its
+/// MB/s, the cores' busy shares, and CPU per GB for the machine and the proxy.
+struct BytesKeys {
+    rate: &'static str,
+    loadgen_busy: &'static str,
+    other_busy: &'static str,
+    machine_per_gb: &'static str,
+    proxy_per_gb: &'static str,
+    proxy_busy: &'static str,
+}
+
+impl BytesKeys {
+    /// Records `bytes` moved in `run` with `used` CPU; per-GB rows only when
+    /// bytes moved, proxy rows only when there is a proxy.
+    fn add(
+        &self,
+        results: &mut Results,
+        peer: Peer,
+        bytes: u64,
+        run: Duration,
+        used: &Usage,
+        has_proxy: bool,
+    ) {
+        results.add(self.rate, peer, bytes as f64 / 1e6 / run.as_secs_f64());
+        results.add(self.loadgen_busy, peer, used.own_busy);
+        results.add(self.other_busy, peer, used.other_busy);
+        if bytes == 0 {
+            return;
+        }
+        let gb = bytes as f64 / 1e9;
+        results.add(self.machine_per_gb, peer, used.machine * 1e3 / gb);
+        if has_proxy {
+            results.add(self.proxy_per_gb, peer, used.proxy * 1e3 / gb);
+            results.add(self.proxy_busy, peer, used.proxy_busy);
+        }
+    }
+}
+
 pub async fn measure(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Results) {
     for attempt in 1..=ATTEMPTS {
         let mut scratch = Results::default();
@@ -260,20 +298,15 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
             )
             .await;
             let used = usage(&before, pid);
-            results.add("bulk", peer, bytes as f64 / 1e6 / s.run.as_secs_f64());
-            results.add("loadgen_busy_bulk", peer, used.own_busy);
-            results.add("other_busy_bulk", peer, used.other_busy);
-            if bytes > 0 {
-                results.add(
-                    "machine_cpu_per_gb",
-                    peer,
-                    used.machine * 1e3 / (bytes as f64 / 1e9),
-                );
-            }
-            if has_proxy && bytes > 0 {
-                results.add("cpu_per_gb", peer, used.proxy * 1e3 / (bytes as f64 / 1e9));
-                results.add("proxy_busy_bulk", peer, used.proxy_busy);
-            }
+            let keys = BytesKeys {
+                rate: "bulk",
+                loadgen_busy: "loadgen_busy_bulk",
+                other_busy: "other_busy_bulk",
+                machine_per_gb: "machine_cpu_per_gb",
+                proxy_per_gb: "cpu_per_gb",
+                proxy_busy: "proxy_busy_bulk",
+            };
+            keys.add(results, peer, bytes, s.run, &used, has_proxy);
             results.add_errors(case.name(), peer, errors);
             used.other_busy
         }
@@ -320,24 +353,15 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
             let (bytes, errors) =
                 load::tls_bulk(ctx.tls, &targets.tls, s.tls_bulk_conns, s.run).await;
             let used = usage(&before, pid);
-            results.add("tls_bulk", peer, bytes as f64 / 1e6 / s.run.as_secs_f64());
-            results.add("loadgen_busy_tls_bulk", peer, used.own_busy);
-            results.add("other_busy_tls_bulk", peer, used.other_busy);
-            if bytes > 0 {
-                results.add(
-                    "machine_cpu_per_gb_tls_bulk",
-                    peer,
-                    used.machine * 1e3 / (bytes as f64 / 1e9),
-                );
-            }
-            if has_proxy && bytes > 0 {
-                results.add(
-                    "cpu_per_gb_tls_bulk",
-                    peer,
-                    used.proxy * 1e3 / (bytes as f64 / 1e9),
-                );
-                results.add("proxy_busy_tls_bulk", peer, used.proxy_busy);
-            }
+            let keys = BytesKeys {
+                rate: "tls_bulk",
+                loadgen_busy: "loadgen_busy_tls_bulk",
+                other_busy: "other_busy_tls_bulk",
+                machine_per_gb: "machine_cpu_per_gb_tls_bulk",
+                proxy_per_gb: "cpu_per_gb_tls_bulk",
+                proxy_busy: "proxy_busy_tls_bulk",
+            };
+            keys.add(results, peer, bytes, s.run, &used, has_proxy);
             results.add_errors(case.name(), peer, errors);
             if let (Some(pid), Some(perf)) = (pid, ctx.perf) {
                 match count_tls_bulk(ctx, perf, peer, pid, &targets, results).await {
