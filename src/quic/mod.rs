@@ -1,0 +1,3 @@
+//! QUIC listeners: UDP flows routed by the SNI in the client's Initial packets.
+
+pub mod initial;
