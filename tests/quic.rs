@@ -209,7 +209,7 @@ async fn each_name_reaches_its_server_and_unrouted_names_get_nothing() {
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(
         (a.accepted(), b.accepted()),
-        (1, 1),
+        (2, 1),
         "no server saw c.example.com"
     );
     assert!(dropped(metrics, listen, "no_route") >= 1.0);
@@ -328,7 +328,11 @@ async fn a_flood_of_garbage_datagrams_changes_nothing_for_real_flows() {
                 } else {
                     "b.example.com"
                 };
-                tokio::spawn(async move { (name, request(listen, name).await) })
+                // Datagrams the flood crowds out of a full socket buffer are
+                // lost, real Initials among them: QUIC retransmits, within
+                // a handshake timeout of browser length.
+                let endpoint = client(test_alpn(), Duration::from_secs(10));
+                tokio::spawn(async move { (name, request_from(&endpoint, listen, name).await) })
             })
             .collect();
         for task in batch {

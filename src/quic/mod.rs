@@ -120,11 +120,14 @@ impl Dropped {
     }
 
     fn of(error: InitialError) -> Dropped {
-        let reason = error.reason();
-        Dropped::ALL
-            .into_iter()
-            .find(|d| d.as_str() == reason)
-            .unwrap_or(Dropped::Malformed)
+        match error {
+            InitialError::NotInitial => Dropped::NotInitial,
+            InitialError::Version(_) => Dropped::Version,
+            InitialError::Decrypt => Dropped::Decrypt,
+            InitialError::Malformed(_) => Dropped::Malformed,
+            InitialError::TooLarge => Dropped::TooLarge,
+            InitialError::Short => Dropped::Short,
+        }
     }
 }
 
@@ -251,7 +254,15 @@ pub async fn serve(socket: Arc<UdpSocket>, bind: SocketAddr, shared: Shared) {
 impl Table {
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         let pending = match self.flows.get_mut(&client) {
-            Some(Entry::Routed(flow)) => return flow.up(data),
+            Some(Entry::Routed(flow)) => {
+                if flow.up(data) {
+                    return;
+                }
+                // The server refused the flow: this datagram (a retransmitted
+                // Initial, typically) starts a new one.
+                self.flows.remove(&client);
+                return self.first(data, client);
+            }
             Some(Entry::Pending(pending)) => pending,
             None => return self.first(data, client),
         };
@@ -370,6 +381,7 @@ impl Table {
         match opened {
             Some(mut flow) => {
                 for datagram in datagrams {
+                    // A refusal comes back later, as an ICMP error.
                     flow.up(datagram);
                 }
                 self.flows.insert(client, Entry::Routed(flow));
