@@ -413,6 +413,15 @@ async fn an_idle_flow_is_forgotten_after_udp_idle_and_logged() {
     ] {
         assert!(line.contains(&field), "{field} not in {line}");
     }
+    let closed = metric(
+        &get_metrics(metrics),
+        "sniroute_quic_flows_closed_total",
+        &[
+            ("listener", &format!("{listen}/udp")),
+            ("outcome", "idle_timeout"),
+        ],
+    );
+    assert_eq!(closed, Some(1.0));
     // The client's next packets have short headers: to this process they are
     // no flow's, and dropped, as documented.
     let before = dropped(metrics, listen, "not_initial");

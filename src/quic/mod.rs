@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::config::Config;
 use crate::listener::Shared;
@@ -136,10 +136,23 @@ impl Dropped {
 #[derive(Debug, Default)]
 pub struct Budget {
     flows: AtomicUsize,
+    none_open: Notify,
     pending_bytes: AtomicUsize,
 }
 
 impl Budget {
+    /// Resolves once no flow is left: their tasks have written their
+    /// access-log lines.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.none_open.notified();
+            if self.flows.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// A flow's place, if fewer than `max` are open.
     fn try_flow(self: &Arc<Self>, max: usize) -> Option<FlowSlot> {
         self.flows
@@ -170,7 +183,9 @@ struct FlowSlot(Arc<Budget>);
 
 impl Drop for FlowSlot {
     fn drop(&mut self) {
-        self.0.flows.fetch_sub(1, Ordering::AcqRel);
+        if self.0.flows.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_open.notify_waiters();
+        }
     }
 }
 
