@@ -214,7 +214,8 @@ impl Drop for Held {
 }
 
 enum Entry {
-    Pending(Pending),
+    /// Boxed: its Initial keys are large, and routed flows the many.
+    Pending(Box<Pending>),
     Routed(Flow),
 }
 
@@ -270,6 +271,12 @@ impl Table {
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         let pending = match self.flows.get_mut(&client) {
             Some(Entry::Routed(flow)) => {
+                if flow.is_new_connection(data) {
+                    if let Some(Entry::Routed(flow)) = self.flows.remove(&client) {
+                        flow.replace();
+                    }
+                    return self.first(data, client);
+                }
                 if flow.up(data) {
                     return;
                 }
@@ -307,7 +314,7 @@ impl Table {
                     mut datagrams,
                     slot,
                     ..
-                } = pending;
+                } = *pending;
                 datagrams.push(data.into());
                 self.route(&config, listener, client, name, &datagrams, Some(slot));
             }
@@ -357,7 +364,7 @@ impl Table {
                     since: Instant::now(),
                     slot,
                 };
-                self.flows.insert(client, Entry::Pending(pending));
+                self.flows.insert(client, Entry::Pending(Box::new(pending)));
             }
         }
     }
@@ -382,17 +389,24 @@ impl Table {
             return self.full(client, Dropped::FlowsFull);
         };
         self.next_id += 1;
-        let opened = flow::open(flow::Opening {
-            route,
-            client,
-            bind: self.bind,
-            id: self.next_id,
-            socket: Arc::clone(&self.socket),
-            stats: Arc::clone(&self.stats),
-            shutdown: self.shared.shutdown.clone(),
-            ended: self.ended.clone(),
-            slot,
-        });
+        let source_id = datagrams
+            .iter()
+            .find_map(|d| initial::source_id(d))
+            .unwrap_or_default();
+        let opened = flow::open(
+            flow::Opening {
+                route,
+                client,
+                bind: self.bind,
+                id: self.next_id,
+                socket: Arc::clone(&self.socket),
+                stats: Arc::clone(&self.stats),
+                shutdown: self.shared.shutdown.clone(),
+                ended: self.ended.clone(),
+                slot,
+            },
+            source_id.into(),
+        );
         match opened {
             Some(mut flow) => {
                 for datagram in datagrams {
