@@ -380,9 +380,14 @@ impl Table {
         datagrams: &[Box<[u8]>],
         slot: Option<FlowSlot>,
     ) {
+        let host = name.clone();
         let route = match Route::find(config, listener, client, name) {
             Ok(route) => route,
-            Err(why) => return self.stats.dropped(why),
+            Err(why) => {
+                let host = host.as_ref().map_or("-", HostName::as_str);
+                tracing::debug!(listener = %self.bind, %client, host, reason = why.as_str(), "QUIC flow not routed; its Initials are dropped");
+                return self.stats.dropped(why);
+            }
         };
         let budget = &self.shared.quic;
         let Some(slot) = slot.or_else(|| budget.try_flow(config.limits.max_quic_flows)) else {
