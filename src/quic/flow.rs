@@ -30,7 +30,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Dropped, FlowSlot};
+use super::{Dropped, FlowSlot, BATCH};
 use crate::config::Config;
 use crate::logging::AccessLog;
 use crate::metrics::{Direction, QuicStats};
@@ -38,9 +38,6 @@ use crate::name::HostName;
 use crate::outcome::Outcome;
 use crate::pool::{Lease, Pool};
 use crate::shutdown::{Phase, Shutdown};
-
-/// Datagrams forwarded per wake-up before the task yields to others.
-const BATCH: usize = 64;
 
 /// Where a flow goes, decided once from its ClientHello.
 pub(super) struct Route {

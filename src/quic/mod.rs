@@ -52,6 +52,10 @@ use initial::{ClientInitials, InitialError};
 /// The largest UDP payload there is.
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Datagrams read per wake-up of a listener's task before it looks at its
+/// other work.
+const BATCH: usize = 64;
+
 /// How often pending flows are checked against `timeouts.peek`.
 const SWEEP: Duration = Duration::from_secs(1);
 
@@ -256,12 +260,21 @@ pub async fn serve(socket: Arc<UdpSocket>, bind: SocketAddr, shared: Shared) {
             () = shutdown.reached(Phase::Draining) => break,
             Some((client, id)) = ended_rx.recv() => table.ended(client, id),
             _ = sweep.tick() => table.expire_pending(),
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((len, client)) => table.datagram(&buf[..len], client),
-                // An ICMP error for an earlier send_to, or a local
-                // shortage: nothing to do for this datagram but go on.
-                Err(e) => tracing::debug!(listener = %bind, "UDP receive: {e}"),
-            },
+            received = socket.recv_from(&mut buf) => {
+                let mut received = received;
+                // What else is queued goes without a trip through select!,
+                // up to a batch, so the other branches still get their turn.
+                for _ in 0..BATCH {
+                    match received {
+                        Ok((len, client)) => table.datagram(&buf[..len], client),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // An ICMP error for an earlier send, or a local
+                        // shortage: nothing to do for this datagram but go on.
+                        Err(e) => tracing::debug!(listener = %bind, "UDP receive: {e}"),
+                    }
+                    received = socket.try_recv_from(&mut buf);
+                }
+            }
         }
     }
     tracing::info!(listener = %bind, flows = table.flows.len(), "stopped serving QUIC; its flows end");
