@@ -59,6 +59,12 @@ struct Server {
 
 impl Server {
     fn start(ip: &str, name: &'static str) -> Server {
+        Self::start_with(ip, name, false)
+    }
+
+    /// With `retry`, every new client first gets a Retry (address
+    /// validation): its next Initial goes to the connection ID the Retry chose.
+    fn start_with(ip: &str, name: &'static str, retry: bool) -> Server {
         let key = rustls::pki_types::PrivateKeyDer::Pkcs8(pki().key.clone().into());
         let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -74,6 +80,10 @@ impl Server {
         let (server, count) = (endpoint.clone(), Arc::clone(&accepted));
         tokio::spawn(async move {
             while let Some(incoming) = server.accept().await {
+                if retry && !incoming.remote_address_validated() {
+                    let _ = incoming.retry();
+                    continue;
+                }
                 count.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let Ok(conn) = incoming.await else { return };
@@ -634,4 +644,28 @@ async fn a_new_connection_from_a_reused_port_is_routed_by_its_own_hello() {
         "{line}"
     );
     assert!(line.contains("a new QUIC connection"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_keeps_the_flow() {
+    let _side_by_side = FLOOD.read().await;
+    let a = Server::start_with("127.0.0.2", "A", true);
+    let b = Server::start("127.0.0.3", "B");
+    let (listen, metrics) = (free_udp("127.0.0.1"), free_addr("127.0.0.1"));
+    let text = config(listen, metrics, a.addr, b.addr, "")
+        .replace("udp_idle = \"30s\"", "udp_idle = \"1s\"");
+    let proxy = Sniroute::start(&text);
+    // The Initial after the Retry goes to the Retry's connection ID: the
+    // same connection, so the same flow, not a new one.
+    assert_eq!(request(listen, "a.example.com").await.unwrap(), "A: hello");
+    assert_eq!(a.accepted(), 1);
+    let lines = proxy.wait_access(1);
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = if lines.len() == 1 {
+        proxy.access_lines()
+    } else {
+        lines
+    };
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("outcome=idle_timeout"), "{}", lines[0]);
 }

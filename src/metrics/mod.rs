@@ -322,7 +322,7 @@ impl Collector for Metrics {
         family(
             &mut enc,
             "sniroute_quic_dropped",
-            "Client datagrams dropped before their flow was routed, by listener and reason.",
+            "QUIC client Initials dropped before their flow was routed, by listener and reason: per datagram, but for denied, no_route, no_server, flows_full and timeout, which count ClientHellos.",
             MetricType::Counter,
             quic.iter().flat_map(|(b, s)| {
                 Dropped::ALL.iter().map(move |d| {

@@ -22,7 +22,7 @@ use std::cell::RefCell;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use socket2::{SockAddr, SockRef};
@@ -30,7 +30,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Dropped, FlowSlot, BATCH};
+use super::{initial, Dropped, FlowSlot, BATCH};
 use crate::config::Config;
 use crate::logging::AccessLog;
 use crate::metrics::{Direction, QuicStats};
@@ -96,9 +96,6 @@ pub(super) struct Flow {
     traffic: Arc<Traffic>,
     lease_server: Arc<crate::pool::Server>,
     stats: Arc<QuicStats>,
-    /// The client's source connection ID: an Initial with another starts a
-    /// new connection.
-    source_id: Box<[u8]>,
     /// Tells the task why the listener ended the flow; dropped unused, that
     /// the listener stopped.
     stop: Option<oneshot::Sender<Stop>>,
@@ -119,11 +116,36 @@ struct Traffic {
     down: AtomicU64,
     /// The last datagram either way, in milliseconds since [`epoch`].
     last: AtomicU64,
+    /// The connection IDs this flow's client may send Initials to: the one
+    /// it began with, and each the server has given as its own (in an
+    /// Initial, a Handshake packet, a Retry). Long headers only come during
+    /// a handshake, so this is locked a few times per flow.
+    destinations: Mutex<Vec<Box<[u8]>>>,
 }
+
+/// Connection IDs a flow keeps at most: a handshake needs two or three.
+const MAX_DESTINATIONS: usize = 8;
 
 impl Traffic {
     fn touch(&self) {
         self.last.store(since_epoch(), Ordering::Relaxed);
+    }
+
+    fn destinations(&self) -> MutexGuard<'_, Vec<Box<[u8]>>> {
+        self.destinations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Notes the source connection ID of a server's long-header packet.
+    fn server_sent(&self, datagram: &[u8]) {
+        let Some(id) = initial::long_header_source_id(datagram) else {
+            return;
+        };
+        let mut known = self.destinations();
+        if known.len() < MAX_DESTINATIONS && !known.iter().any(|k| **k == *id) {
+            known.push(id.into());
+        }
     }
 }
 
@@ -133,9 +155,11 @@ impl Flow {
     }
 
     /// Whether `datagram` begins a new connection from the flow's client
-    /// address and port: an Initial with another source connection ID.
+    /// address and port: an Initial to a connection ID that is neither the
+    /// one the flow began with nor one its server gave.
     pub(super) fn is_new_connection(&self, datagram: &[u8]) -> bool {
-        super::initial::source_id(datagram).is_some_and(|id| *id != *self.source_id)
+        initial::initial_destination_id(datagram)
+            .is_some_and(|id| !self.traffic.destinations().iter().any(|k| **k == *id))
     }
 
     /// Ends the flow for a new connection from its client's address and port.
@@ -178,9 +202,9 @@ impl Flow {
 }
 
 /// Picks a server of the route's pool, opens the flow's socket to it and
-/// starts the flow's task; `source_id` is the client's, from its Initials.
-/// `None` if no server of the pool could be used.
-pub(super) fn open(o: Opening, source_id: Box<[u8]>) -> Option<Flow> {
+/// starts the flow's task; `destination` is the connection ID of the
+/// client's Initials. `None` if no server of the pool could be used.
+pub(super) fn open(o: Opening, destination: Box<[u8]>) -> Option<Flow> {
     let pool = &o.route.pool;
     let mut attempts = pool.attempts();
     let (lease, upstream) = loop {
@@ -195,6 +219,7 @@ pub(super) fn open(o: Opening, source_id: Box<[u8]>) -> Option<Flow> {
     };
     let traffic = Arc::new(Traffic::default());
     traffic.touch();
+    traffic.destinations().push(destination);
     let (stop, stopped) = oneshot::channel();
     let flow = Flow {
         id: o.id,
@@ -202,7 +227,6 @@ pub(super) fn open(o: Opening, source_id: Box<[u8]>) -> Option<Flow> {
         traffic: Arc::clone(&traffic),
         lease_server: Arc::clone(lease.server()),
         stats: Arc::clone(&o.stats),
-        source_id,
         stop: Some(stop),
     };
     o.stats.open.fetch_add(1, Ordering::Relaxed);
@@ -354,6 +378,10 @@ fn forward_down(
             }
             match upstream.try_recv(buf) {
                 Ok(n) => {
+                    // Before the client can see it, and answer to it.
+                    if buf[..n].first().is_some_and(|b| b & 0x80 != 0) {
+                        traffic.server_sent(&buf[..n]);
+                    }
                     if socket.send_to(&buf[..n], &to).is_err() {
                         stats.lost(Direction::Down);
                     }

@@ -259,11 +259,11 @@ struct Packet<'a> {
     pn_offset: usize,
 }
 
-/// The client's source connection ID, when `datagram` starts with a long-header
-/// Initial packet of a version read here. Every packet of one connection
-/// carries the same; a new connection from the same address and port (a
-/// reused port, a NAT's reused mapping) carries a new one.
-pub fn source_id(datagram: &[u8]) -> Option<&[u8]> {
+/// The destination connection ID of the client Initial at the start of
+/// `datagram`, of a version read here. A client keeps one until the server
+/// answers and then takes the server's; an Initial to any other is a new
+/// connection (a client that reused its port, a NAT that reused a mapping).
+pub fn initial_destination_id(datagram: &[u8]) -> Option<&[u8]> {
     let (&first, rest) = datagram.split_first()?;
     if first & 0x80 == 0 {
         return None;
@@ -274,6 +274,18 @@ pub fn source_id(datagram: &[u8]) -> Option<&[u8]> {
     if (first >> 4) & 0b11 != version.initial {
         return None;
     }
+    connection_id(&mut r).ok()
+}
+
+/// The source connection ID of a long-header packet of any version (RFC 8999
+/// keeps its place across versions): a server's is the destination its
+/// client takes next.
+pub fn long_header_source_id(datagram: &[u8]) -> Option<&[u8]> {
+    let (&first, rest) = datagram.split_first()?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    let (_, mut r) = rest.split_first_chunk::<4>()?;
     connection_id(&mut r).ok()?;
     connection_id(&mut r).ok()
 }
@@ -644,14 +656,28 @@ mod tests {
     }
 
     #[test]
-    fn the_source_id_of_an_initial_is_read_and_of_nothing_else() {
+    fn connection_ids_are_read_from_long_headers() {
+        assert_eq!(
+            initial_destination_id(RFC9001),
+            Some(&[0x83, 0x94, 0xc8, 0xf0, 0x3e, 0x51, 0x57, 0x08][..])
+        );
         // RFC 9001 A.2's client Initial has an empty source connection ID.
-        assert_eq!(source_id(RFC9001), Some(&[][..]));
+        assert_eq!(long_header_source_id(RFC9001), Some(&[][..]));
         let packet = initial(V2, 0, &crypto(0, &CURL[5..100]), 1200);
-        assert_eq!(source_id(&packet), Some(&[0xc1, 0x1e, 0x47][..]));
-        assert_eq!(source_id(&protect(V1, 0xd0, 1, &[0; 1200])), None, "0-RTT");
-        assert_eq!(source_id(&[0x40; 1200]), None, "short header");
-        assert_eq!(source_id(&RFC9001[..8]), None, "cut short");
+        assert_eq!(initial_destination_id(&packet), Some(DCID));
+        assert_eq!(
+            long_header_source_id(&packet),
+            Some(&[0xc1, 0x1e, 0x47][..])
+        );
+        let zero_rtt = protect(V1, 0xd0, 1, &[0; 1200]);
+        assert_eq!(initial_destination_id(&zero_rtt), None, "0-RTT");
+        assert_eq!(
+            long_header_source_id(&zero_rtt),
+            Some(&[0xc1, 0x1e, 0x47][..])
+        );
+        assert_eq!(initial_destination_id(&[0x40; 1200]), None, "short header");
+        assert_eq!(long_header_source_id(&[0x40; 1200]), None, "short header");
+        assert_eq!(initial_destination_id(&RFC9001[..8]), None, "cut short");
     }
 
     #[test]

@@ -407,9 +407,9 @@ impl Table {
             return self.full(client, Dropped::FlowsFull);
         };
         self.next_id += 1;
-        let source_id = datagrams
+        let destination = datagrams
             .iter()
-            .find_map(|d| initial::source_id(d))
+            .find_map(|d| initial::initial_destination_id(d))
             .unwrap_or_default();
         let opened = flow::open(
             flow::Opening {
@@ -423,7 +423,7 @@ impl Table {
                 ended: self.ended.clone(),
                 slot,
             },
-            source_id.into(),
+            destination.into(),
         );
         match opened {
             Some(mut flow) => {
