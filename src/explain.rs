@@ -118,7 +118,7 @@ pub fn explain(
             l.protocol.as_str()
         );
         let name = match l.protocol {
-            Protocol::Tls if ip.is_some() => None,
+            Protocol::Tls | Protocol::Quic if ip.is_some() => None,
             _ => parsed.as_ref(),
         };
         match l.router.route(name) {
@@ -155,12 +155,15 @@ pub fn explain(
             }
             None => {
                 let what = match l.protocol {
-                    Protocol::Tls | Protocol::Tcp => "fatal unrecognized_name alert",
-                    Protocol::Http => "421 Misdirected Request",
+                    Protocol::Tls | Protocol::Tcp => {
+                        "the client gets a fatal unrecognized_name alert"
+                    }
+                    Protocol::Http => "the client gets a 421 Misdirected Request",
+                    Protocol::Quic => "the client's Initial packets are dropped",
                 };
                 let _ = writeln!(
                     out,
-                    "  no route and no default: the client gets a {what}, no server is contacted"
+                    "  no route and no default: {what}, no server is contacted"
                 );
             }
         }

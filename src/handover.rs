@@ -12,7 +12,8 @@
 //!   `LISTEN_FDS` (and `LISTEN_FDNAMES`, names from [`name`]).
 //!
 //! [`Inherited`] takes such sockets at start. Each is recognised by what it
-//! is (a listening TCP socket) and where it is bound, never by position, so a
+//! is (a listening TCP socket, or a bound UDP one) and where it is bound,
+//! never by position, so a
 //! config that changed in between still gets the right socket for each
 //! address; sockets no bind asks for any more are closed.
 
@@ -22,6 +23,7 @@ use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use socket2::{SockRef, Type};
 
+use crate::peek::Transport;
 use crate::systemd;
 
 /// The descriptor numbers of the listening sockets an upgrading sniroute
@@ -29,9 +31,9 @@ use crate::systemd;
 pub const LISTEN_FDS_VAR: &str = "SNIROUTE_LISTEN_FDS";
 
 /// The name a socket bound to `addr` carries in systemd's fd store: unique per
-/// address, without the `:` that names may not contain.
-pub fn name(addr: SocketAddr) -> String {
-    format!("tcp-{addr}").replace(':', "_")
+/// transport and address, without the `:` that names may not contain.
+pub fn name(transport: Transport, addr: SocketAddr) -> String {
+    format!("{}-{addr}", transport.as_str()).replace(':', "_")
 }
 
 /// A socket taken over, with its fd-store name when systemd gave one.
@@ -41,16 +43,17 @@ struct Adopted {
     stored_as: Option<String>,
 }
 
-/// The listening sockets handed to this process, by bound address.
+/// The listening sockets handed to this process, by transport and bound address.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    sockets: HashMap<SocketAddr, Adopted>,
+    sockets: HashMap<(Transport, SocketAddr), Adopted>,
 }
 
 impl Inherited {
     /// Takes the sockets named by [`LISTEN_FDS_VAR`] or by systemd's
     /// `LISTEN_FDS` (when `LISTEN_PID` is this process). A descriptor that is
-    /// not a listening TCP socket is left alone, with a warning.
+    /// neither a listening TCP socket nor a bound UDP socket is left alone,
+    /// with a warning.
     pub fn from_env() -> Inherited {
         let mut inherited = Inherited::default();
         if let Ok(list) = std::env::var(LISTEN_FDS_VAR) {
@@ -72,7 +75,11 @@ impl Inherited {
             Err(e) => tracing::warn!("ignoring the sockets systemd passed (LISTEN_FDS): {e}"),
         }
         if !inherited.sockets.is_empty() {
-            let mut addrs: Vec<String> = inherited.sockets.keys().map(|a| a.to_string()).collect();
+            let mut addrs: Vec<String> = inherited
+                .sockets
+                .keys()
+                .map(|(t, a)| format!("{}/{a}", t.as_str()))
+                .collect();
             addrs.sort();
             tracing::info!(
                 sockets = %addrs.join(","),
@@ -90,12 +97,18 @@ impl Inherited {
         // SAFETY: open (checked above), and only borrowed for the checks below.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
         let socket = SockRef::from(&borrowed);
-        let addr = match (socket.r#type(), socket.is_listener(), socket.local_addr()) {
-            (Ok(Type::STREAM), Ok(true), Ok(local)) => local.as_socket(),
+        let local = socket.local_addr().ok().and_then(|a| a.as_socket());
+        let key = match (socket.r#type(), local) {
+            (Ok(Type::STREAM), Some(addr)) if socket.is_listener().unwrap_or(false) => {
+                Some((Transport::Tcp, addr))
+            }
+            (Ok(Type::DGRAM), Some(addr)) if addr.port() != 0 => Some((Transport::Udp, addr)),
             _ => None,
         };
-        let Some(addr) = addr else {
-            tracing::warn!("{from}: descriptor {fd} is not a listening TCP socket; ignored");
+        let Some(key) = key else {
+            tracing::warn!(
+                "{from}: descriptor {fd} is neither a listening TCP socket nor a bound UDP socket; ignored"
+            );
             return;
         };
         // SAFETY: the descriptor was handed to this process to own (that is
@@ -104,19 +117,26 @@ impl Inherited {
         if let Err(e) = set_cloexec(fd.as_fd()) {
             tracing::warn!("{from}: cannot mark descriptor close-on-exec: {e}");
         }
-        self.sockets.insert(addr, Adopted { fd, stored_as });
+        self.sockets.insert(key, Adopted { fd, stored_as });
     }
 
-    /// The socket bound to `addr`, if one was handed over.
-    pub fn take(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
-        self.sockets.remove(&addr).map(|a| a.fd.into())
+    /// The TCP socket listening on `addr`, if one was handed over.
+    pub fn take_tcp(&mut self, addr: SocketAddr) -> Option<std::net::TcpListener> {
+        let adopted = self.sockets.remove(&(Transport::Tcp, addr))?;
+        Some(adopted.fd.into())
+    }
+
+    /// The UDP socket bound to `addr`, if one was handed over.
+    pub fn take_udp(&mut self, addr: SocketAddr) -> Option<std::net::UdpSocket> {
+        let adopted = self.sockets.remove(&(Transport::Udp, addr))?;
+        Some(adopted.fd.into())
     }
 
     /// Closes the sockets nothing took (their addresses left the config), and
     /// takes them out of systemd's fd store, which would otherwise keep them
     /// open, completing handshakes nobody serves.
     pub fn close_rest(self) {
-        for (addr, adopted) in self.sockets {
+        for ((_, addr), adopted) in self.sockets {
             tracing::info!(listener = %addr, "closing a handed-over socket the config no longer binds");
             if let Some(name) = adopted.stored_as {
                 systemd::forget(&name);
@@ -148,11 +168,13 @@ mod tests {
 
     #[test]
     fn names_are_unique_per_address_and_free_of_colons() {
-        assert_eq!(name("127.0.0.1:443".parse().unwrap()), "tcp-127.0.0.1_443");
-        assert_eq!(name("[::1]:443".parse().unwrap()), "tcp-[__1]_443");
-        assert_ne!(
-            name("127.0.0.1:443".parse().unwrap()),
-            name("127.0.0.1:80".parse().unwrap())
+        let tcp = |a: &str| name(Transport::Tcp, a.parse().unwrap());
+        assert_eq!(tcp("127.0.0.1:443"), "tcp-127.0.0.1_443");
+        assert_eq!(tcp("[::1]:443"), "tcp-[__1]_443");
+        assert_ne!(tcp("127.0.0.1:443"), tcp("127.0.0.1:80"));
+        assert_eq!(
+            name(Transport::Udp, "127.0.0.1:443".parse().unwrap()),
+            "udp-127.0.0.1_443"
         );
     }
 }

@@ -50,6 +50,7 @@ pub mod peek;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod quic;
 pub mod relay;
 pub mod reload;
 pub mod resources;

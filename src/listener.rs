@@ -1,6 +1,7 @@
 //! Listening sockets, the accept loop, and the connection limit.
 //!
-//! [`Listeners`] owns one accept task per bind address and can add and remove them
+//! [`Listeners`] owns one task per bind address (an accept loop, or for a UDP
+//! bind the datagram loop of [`crate::quic`]) and can add and remove them
 //! while others keep running, which is what a reload needs: an address present
 //! before and after is never closed. Each accepted connection reads the current
 //! config once ([`Shared::config`]) and keeps that snapshot to its end.
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use socket2::{Domain, Socket, Type};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
@@ -27,8 +28,9 @@ use crate::connections::Connections;
 use crate::handover::{self, Inherited};
 use crate::metrics::{ListenerStats, Metrics};
 use crate::outcome::Outcome;
-use crate::peek::Protocol;
+use crate::peek::{Protocol, Transport};
 use crate::proxy::{self, Endpoint};
+use crate::quic::{self, Budget};
 use crate::resources::{self, Operation, Resource};
 use crate::shutdown::{Phase, Shutdown};
 use crate::systemd;
@@ -40,10 +42,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// A bind address that could not be bound.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot bind {addr}: {error}{}", hint(.error))]
+#[error("cannot bind {}{addr}: {error}{}", udp_prefix(*.transport), hint(.error))]
 pub struct BindError {
+    pub transport: Transport,
     pub addr: SocketAddr,
     pub error: io::Error,
+}
+
+fn udp_prefix(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Tcp => "",
+        Transport::Udp => "UDP ",
+    }
 }
 
 fn hint(error: &io::Error) -> &'static str {
@@ -68,7 +78,30 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         socket.listen(BACKLOG)?;
         TcpListener::from_std(socket.into())
     };
-    bind().map_err(|error| BindError { addr, error })
+    bind().map_err(|error| BindError {
+        transport: Transport::Tcp,
+        addr,
+        error,
+    })
+}
+
+/// A QUIC listener's socket: no `SO_REUSEADDR`, which for UDP would let a
+/// second process bind the same port and take half its datagrams.
+pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, BindError> {
+    let bind = || -> io::Result<UdpSocket> {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        UdpSocket::from_std(socket.into())
+    };
+    bind().map_err(|error| BindError {
+        transport: Transport::Udp,
+        addr,
+        error,
+    })
 }
 
 /// The socket handed over for `addr` (see [`crate::handover`]) if there is
@@ -77,15 +110,37 @@ pub fn adopt_or_bind(
     addr: SocketAddr,
     inherited: &mut Inherited,
 ) -> Result<TcpListener, BindError> {
-    match inherited.take(addr) {
+    match inherited.take_tcp(addr) {
         Some(socket) => {
             let adopt = || {
                 socket.set_nonblocking(true)?;
                 TcpListener::from_std(socket)
             };
-            adopt().map_err(|error| BindError { addr, error })
+            adopt().map_err(|error| BindError {
+                transport: Transport::Tcp,
+                addr,
+                error,
+            })
         }
         None => bind(addr),
+    }
+}
+
+/// [`adopt_or_bind`] for a UDP bind.
+fn adopt_or_bind_udp(addr: SocketAddr, inherited: &mut Inherited) -> Result<UdpSocket, BindError> {
+    match inherited.take_udp(addr) {
+        Some(socket) => {
+            let adopt = || {
+                socket.set_nonblocking(true)?;
+                UdpSocket::from_std(socket)
+            };
+            adopt().map_err(|error| BindError {
+                transport: Transport::Udp,
+                addr,
+                error,
+            })
+        }
+        None => bind_udp(addr),
     }
 }
 
@@ -117,19 +172,41 @@ pub struct Shared {
     pub connections: Arc<Connections>,
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
+    /// What QUIC flows may hold, all UDP listeners together.
+    pub quic: Arc<Budget>,
 }
 
-/// The running accept loops, one per bind address.
+/// A listening socket, bound and not yet served, or served.
+pub enum Bound {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+/// The running loops, one per bind address and transport.
 pub struct Listeners {
-    running: HashMap<SocketAddr, Running>,
+    running: HashMap<(Transport, SocketAddr), Running>,
     shared: Shared,
 }
 
-/// One accept loop and its socket, which is shared so that the socket can be
-/// handed on ([`Listeners::sockets`]) while the loop accepts on it.
+/// One loop and its socket, which is shared so that the socket can be
+/// handed on ([`Listeners::sockets`]) while the loop serves it.
 struct Running {
     task: JoinHandle<()>,
-    socket: Arc<TcpListener>,
+    socket: Serving,
+}
+
+enum Serving {
+    Tcp(Arc<TcpListener>),
+    Udp(Arc<UdpSocket>),
+}
+
+impl Serving {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Serving::Tcp(socket) => socket.as_fd(),
+            Serving::Udp(socket) => socket.as_fd(),
+        }
+    }
 }
 
 impl Listeners {
@@ -147,27 +224,42 @@ impl Listeners {
         &self,
         config: &Config,
         inherited: &mut Inherited,
-    ) -> Result<Vec<(SocketAddr, TcpListener)>, BindError> {
+    ) -> Result<Vec<(SocketAddr, Bound)>, BindError> {
         config
             .binds()
-            .filter(|addr| !self.running.contains_key(addr))
-            .map(|addr| adopt_or_bind(addr, inherited).map(|socket| (addr, socket)))
+            .filter(|key| !self.running.contains_key(key))
+            .map(|(transport, addr)| {
+                let socket = match transport {
+                    Transport::Tcp => Bound::Tcp(adopt_or_bind(addr, inherited)?),
+                    Transport::Udp => Bound::Udp(adopt_or_bind_udp(addr, inherited)?),
+                };
+                Ok((addr, socket))
+            })
             .collect()
     }
 
-    /// Starts accepting on sockets from [`Listeners::bind_missing`].
-    pub fn start(&mut self, bound: Vec<(SocketAddr, TcpListener)>) {
+    /// Starts serving sockets from [`Listeners::bind_missing`].
+    pub fn start(&mut self, bound: Vec<(SocketAddr, Bound)>) {
         for (addr, socket) in bound {
-            tracing::info!(listener = %addr, "listening");
-            let stats = self.shared.metrics.listener(addr);
-            let socket = Arc::new(socket);
-            let task = tokio::spawn(accept_loop(
-                Arc::clone(&socket),
-                addr,
-                stats,
-                self.shared.clone(),
-            ));
-            self.running.insert(addr, Running { task, socket });
+            let shared = self.shared.clone();
+            let (key, running) = match socket {
+                Bound::Tcp(socket) => {
+                    tracing::info!(listener = %addr, "listening");
+                    let stats = self.shared.metrics.listener(addr);
+                    let socket = Arc::new(socket);
+                    let task = tokio::spawn(accept_loop(Arc::clone(&socket), addr, stats, shared));
+                    let socket = Serving::Tcp(socket);
+                    ((Transport::Tcp, addr), Running { task, socket })
+                }
+                Bound::Udp(socket) => {
+                    tracing::info!(listener = %addr, "listening on UDP (QUIC)");
+                    let socket = Arc::new(socket);
+                    let task = tokio::spawn(quic::serve(Arc::clone(&socket), addr, shared));
+                    let socket = Serving::Udp(socket);
+                    ((Transport::Udp, addr), Running { task, socket })
+                }
+            };
+            self.running.insert(key, running);
         }
     }
 
@@ -181,9 +273,12 @@ impl Listeners {
     /// second is handed over anyway, and `timeouts.peek` applies as before.
     /// Plain TCP is left alone: there the server may speak first.
     pub fn tune(&self, config: &Config) {
-        for (addr, running) in &self.running {
+        for ((transport, addr), running) in &self.running {
+            if *transport != Transport::Tcp {
+                continue;
+            }
             let client_first = config
-                .listener_for(*addr)
+                .listener_for(Transport::Tcp, *addr)
                 .is_some_and(|i| config.listeners[i].protocol != Protocol::Tcp);
             if let Err(e) = defer_accept(running.socket.as_fd(), client_first) {
                 tracing::debug!(listener = %addr, "cannot set TCP_DEFER_ACCEPT: {e}");
@@ -191,34 +286,33 @@ impl Listeners {
         }
     }
 
-    /// Every listening socket, by address: what an upgrade or systemd's fd
-    /// store takes over.
-    pub fn sockets(&self) -> impl Iterator<Item = (SocketAddr, BorrowedFd<'_>)> {
+    /// Every listening socket, by transport and address: what an upgrade or
+    /// systemd's fd store takes over.
+    pub fn sockets(&self) -> impl Iterator<Item = (Transport, SocketAddr, BorrowedFd<'_>)> {
         self.running
             .iter()
-            .map(|(addr, r)| (*addr, r.socket.as_fd()))
+            .map(|((transport, addr), r)| (*transport, *addr, r.socket.as_fd()))
     }
 
-    /// Stops accepting on every address `config` no longer has; connections
-    /// already accepted there run on. Returns the addresses closed.
-    pub fn stop_removed(&mut self, config: &Config) -> Vec<SocketAddr> {
-        let keep: Vec<SocketAddr> = config.binds().collect();
-        let removed: Vec<SocketAddr> = self
+    /// Stops serving every address `config` no longer has; TCP connections
+    /// already accepted there run on, QUIC flows there end.
+    pub fn stop_removed(&mut self, config: &Config) {
+        let keep: Vec<_> = config.binds().collect();
+        let removed: Vec<_> = self
             .running
             .keys()
-            .filter(|a| !keep.contains(a))
+            .filter(|key| !keep.contains(key))
             .copied()
             .collect();
-        for addr in &removed {
-            if let Some(running) = self.running.remove(addr) {
+        for key @ (transport, addr) in removed {
+            if let Some(running) = self.running.remove(&key) {
                 // With the task gone, dropping `running` closes the socket.
                 running.task.abort();
                 // A copy in systemd's fd store would keep it open.
-                systemd::forget(&handover::name(*addr));
-                tracing::info!(listener = %addr, "stopped listening (removed from the config)");
+                systemd::forget(&handover::name(transport, addr));
+                tracing::info!(listener = %addr, transport = transport.as_str(), "stopped listening (removed from the config)");
             }
         }
-        removed
     }
 
     /// Lets go of every socket once the drain has begun: the accept loops drop
@@ -267,7 +361,7 @@ async fn accept_loop(
         stats.accepted();
         // One snapshot per connection: it sees one config from start to end.
         let config = shared.config.load_full();
-        let Some(listener_index) = config.listener_for(bind) else {
+        let Some(listener_index) = config.listener_for(Transport::Tcp, bind) else {
             // Removed by a reload a moment ago; its accept loop is being stopped.
             continue;
         };

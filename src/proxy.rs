@@ -369,7 +369,7 @@ impl<'e> Handler<'e> {
                 self.log.reason = "refused by the route's allow/deny".to_owned();
                 let answer: &[u8] = match protocol {
                     Protocol::Http => http::FORBIDDEN_RESPONSE,
-                    Protocol::Tls | Protocol::Tcp => &tls::ACCESS_DENIED_ALERT,
+                    Protocol::Tls | Protocol::Tcp | Protocol::Quic => &tls::ACCESS_DENIED_ALERT,
                 };
                 answer_and_close(&mut self.client, answer).await;
                 (Outcome::Denied, true)
@@ -389,7 +389,7 @@ impl<'e> Handler<'e> {
                 self.log.reason = "no_route".to_owned();
                 let answer: &[u8] = match protocol {
                     Protocol::Http => http::MISDIRECTED_RESPONSE,
-                    Protocol::Tls | Protocol::Tcp => &tls::UNRECOGNIZED_NAME_ALERT,
+                    Protocol::Tls | Protocol::Tcp | Protocol::Quic => &tls::UNRECOGNIZED_NAME_ALERT,
                 };
                 answer_and_close(&mut self.client, answer).await;
                 (Outcome::NoRoute, true)

@@ -29,7 +29,9 @@ use crate::connections::Connections;
 use crate::handover::{self, Inherited};
 use crate::listener::{self, BindError, Listeners, Shared};
 use crate::metrics::{endpoint, Metrics};
+use crate::peek::Transport;
 use crate::pool::Registry;
+use crate::quic::Budget;
 use crate::relay::Engine;
 use crate::reload::{Reloader, Trigger, Watcher};
 use crate::resources;
@@ -87,6 +89,7 @@ pub async fn run(
         connections: Arc::clone(&connections),
         shutdown: shutdown.clone(),
         metrics: Arc::clone(&metrics),
+        quic: Arc::new(Budget::default()),
     });
     // Bind everything before accepting anything: a config that cannot be served
     // whole is not served at all.
@@ -185,8 +188,9 @@ pub async fn run(
             if systemd::fd_store_enabled() {
                 // The next start finds them waiting, with the connections
                 // queued meanwhile.
-                for (addr, fd) in handed_on_fds(reloader.listeners(), endpoint.as_ref()) {
-                    systemd::store(&handover::name(addr), fd);
+                for (transport, addr, fd) in handed_on_fds(reloader.listeners(), endpoint.as_ref())
+                {
+                    systemd::store(&handover::name(transport, addr), fd);
                 }
             }
             systemd::stopping();
@@ -246,9 +250,9 @@ struct Endpoint {
 fn handed_on_fds<'a>(
     listeners: &'a Listeners,
     endpoint: Option<&'a Endpoint>,
-) -> Vec<(SocketAddr, BorrowedFd<'a>)> {
+) -> Vec<(Transport, SocketAddr, BorrowedFd<'a>)> {
     let mut fds: Vec<_> = listeners.sockets().collect();
-    fds.extend(endpoint.map(|e| (e.addr, e.socket.as_fd())));
+    fds.extend(endpoint.map(|e| (Transport::Tcp, e.addr, e.socket.as_fd())));
     fds
 }
 
@@ -257,7 +261,7 @@ fn handed_on_fds<'a>(
 fn handed_on(listeners: &Listeners, endpoint: Option<&Endpoint>) -> Vec<OwnedFd> {
     handed_on_fds(listeners, endpoint)
         .into_iter()
-        .filter_map(|(addr, fd)| match fd.try_clone_to_owned() {
+        .filter_map(|(_, addr, fd)| match fd.try_clone_to_owned() {
             Ok(fd) => Some(fd),
             Err(e) => {
                 tracing::error!(listener = %addr, "upgrade: cannot duplicate the socket, the new process binds it anew: {e}");

@@ -17,7 +17,7 @@ use super::address::binds_overlap;
 use super::raw::{self, RawListener, RawProtocol};
 use super::{Acme, ConfigError, Ctx, Listener, Target, ACME_ROUTE};
 use crate::access::{self, Access};
-use crate::peek::Protocol;
+use crate::peek::{Protocol, Transport};
 use crate::pool::Pool;
 use crate::route::{Route, RouterBuilder, DEFAULT_ROUTE};
 
@@ -28,10 +28,17 @@ impl Ctx<'_> {
         &self,
         listener: &Spanned<RawListener>,
         pools: &BTreeMap<Arc<str>, Arc<Pool>>,
-        seen_binds: &mut Vec<SocketAddr>,
+        seen_binds: &mut Vec<(Transport, SocketAddr)>,
         warnings: &mut Vec<String>,
     ) -> Result<Listener, ConfigError> {
         let raw_l = listener.get_ref();
+        let protocol = match raw_l.protocol {
+            RawProtocol::Tls => Protocol::Tls,
+            RawProtocol::Http => Protocol::Http,
+            RawProtocol::Tcp => Protocol::Tcp,
+            RawProtocol::Quic => Protocol::Quic,
+        };
+        let transport = protocol.transport();
         let mut binds = Vec::new();
         if raw_l.bind.get_ref().0.is_empty() {
             return Err(self.at(
@@ -52,16 +59,26 @@ impl Ctx<'_> {
                 span.clone(),
                 "\"0.0.0.0:443\", \"[::]:443\"",
             )?;
-            if seen_binds.contains(&addr) {
-                return Err(self.at(span, format!("bind `{addr}` is used twice; each address may be bound by one listener only")));
+            let same_transport = || seen_binds.iter().filter(|(t, _)| *t == transport);
+            if same_transport().any(|(_, other)| *other == addr) {
+                let what = match transport {
+                    Transport::Tcp => "by one TCP listener only (a \"quic\" listener may share it)",
+                    Transport::Udp => "by one \"quic\" listener only",
+                };
+                return Err(self.at(
+                    span,
+                    format!("bind `{addr}` is used twice; each address may be bound {what}"),
+                ));
             }
-            if let Some(other) = seen_binds.iter().find(|other| binds_overlap(addr, **other)) {
+            if let Some((_, other)) =
+                same_transport().find(|(_, other)| binds_overlap(addr, *other))
+            {
                 return Err(self.at(span, format!("bind `{addr}` overlaps `{other}`: a wildcard address takes its port on every address of its family; keep one of them")));
             }
-            seen_binds.push(addr);
+            seen_binds.push((transport, addr));
             binds.push(addr);
         }
-        let counters = self.route_counters(&binds);
+        let counters = self.route_counters(transport, &binds);
         let target = |pattern: &str, pool: Arc<Pool>, access: Option<Access>| {
             let routed = counters
                 .get(pattern)
@@ -72,11 +89,6 @@ impl Ctx<'_> {
                 access,
                 routed,
             }
-        };
-        let protocol = match raw_l.protocol {
-            RawProtocol::Tls => Protocol::Tls,
-            RawProtocol::Http => Protocol::Http,
-            RawProtocol::Tcp => Protocol::Tcp,
         };
         let http_only = [
             (
@@ -140,12 +152,25 @@ impl Ctx<'_> {
         if raw_l.routes.0.is_empty() && default.is_none() && !redirect_https && acme.is_none() {
             return Err(self.at(listener.span(), "listener has no routes and no default: nothing could ever be routed; add [listeners.routes] or `default`".into()));
         }
+        if let (Protocol::Quic, Some(accept)) = (protocol, &raw_l.accept_proxy_protocol) {
+            return Err(self.at(accept.span(), "a \"quic\" listener cannot take a PROXY protocol header: a datagram has no stream to carry one; remove accept_proxy_protocol".into()));
+        }
         let proxy_from = self.proxy_from(raw_l)?;
         let access = self.access("listener", &raw_l.allow, &raw_l.deny)?;
+        let router = router.build(default);
+        if protocol == Protocol::Quic {
+            if let Some(route) = router
+                .routes_and_default()
+                .into_iter()
+                .find(|r| r.target.pool.proxy_protocol().is_some())
+            {
+                return Err(self.at(listener.span(), format!("route `{}` of a \"quic\" listener leads to upstream `{}`, which sends a PROXY protocol header: a QUIC server cannot take one; use an upstream without proxy_protocol", route.pattern, route.target.pool.name)));
+            }
+        }
         Ok(Listener {
             binds,
             protocol,
-            router: router.build(default),
+            router,
             proxy_from,
             access,
             redirect_https,
@@ -226,12 +251,16 @@ impl Ctx<'_> {
     /// same addresses: pattern → (pool name, counter).
     fn route_counters(
         &self,
+        transport: Transport,
         binds: &[SocketAddr],
     ) -> HashMap<Arc<str>, (Arc<str>, Arc<AtomicU64>)> {
         let Some(previous) = self.previous else {
             return HashMap::new();
         };
-        let Some(index) = binds.iter().find_map(|b| previous.listener_for(*b)) else {
+        let Some(index) = binds
+            .iter()
+            .find_map(|b| previous.listener_for(transport, *b))
+        else {
             return HashMap::new();
         };
         let router = &previous.listeners[index].router;

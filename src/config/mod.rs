@@ -27,7 +27,7 @@ pub use raw::{LogFormat, LogLevel};
 use raw::{RawConfig, RawDuration};
 
 use crate::access::Access;
-use crate::peek::Protocol;
+use crate::peek::{Protocol, Transport};
 use crate::pool::{Pool, Registry};
 use crate::route::{Route, Router};
 use address::binds_overlap;
@@ -68,6 +68,8 @@ pub struct Timeouts {
     pub connect: Duration,
     pub idle: Duration,
     pub shutdown: Duration,
+    /// A QUIC flow without a datagram either way this long is forgotten.
+    pub udp_idle: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,10 @@ pub struct Limits {
     pub max_peek_bytes: usize,
     /// Open connections allowed from one client address; `None`: no such limit.
     pub max_connections_per_ip: Option<usize>,
+    /// QUIC flows (routed, or still reading their Initials), all listeners together.
+    pub max_quic_flows: usize,
+    /// Client Initial bytes held by flows not routed yet, all listeners together.
+    pub max_quic_pending_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,14 +92,19 @@ pub struct LogSettings {
 }
 
 impl Config {
-    /// The listener that owns bind address `bind`, by index.
-    pub fn listener_for(&self, bind: SocketAddr) -> Option<usize> {
-        self.listeners.iter().position(|l| l.binds.contains(&bind))
+    /// The listener that owns bind address `bind` on `transport`, by index.
+    pub fn listener_for(&self, transport: Transport, bind: SocketAddr) -> Option<usize> {
+        self.listeners
+            .iter()
+            .position(|l| l.protocol.transport() == transport && l.binds.contains(&bind))
     }
 
-    /// Every bind address of every listener.
-    pub fn binds(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.listeners.iter().flat_map(|l| l.binds.iter().copied())
+    /// Every bind address of every listener, with what it carries.
+    pub fn binds(&self) -> impl Iterator<Item = (Transport, SocketAddr)> + '_ {
+        self.listeners.iter().flat_map(|l| {
+            let transport = l.protocol.transport();
+            l.binds.iter().map(move |b| (transport, *b))
+        })
     }
 }
 
@@ -291,6 +302,11 @@ impl Ctx<'_> {
                 t.shutdown.as_ref(),
                 Duration::from_secs(30),
             )?,
+            udp_idle: self.duration(
+                "timeouts.udp_idle",
+                t.udp_idle.as_ref(),
+                Duration::from_secs(30),
+            )?,
         };
         let limits = Limits {
             max_connections: self.bounded(
@@ -314,6 +330,18 @@ impl Ctx<'_> {
                 )?),
                 None => None,
             },
+            max_quic_flows: self.bounded(
+                "limits.max_quic_flows",
+                raw.limits.max_quic_flows.as_ref(),
+                10_000,
+                1..=10_000_000,
+            )?,
+            max_quic_pending_bytes: self.bounded(
+                "limits.max_quic_pending_bytes",
+                raw.limits.max_quic_pending_bytes.as_ref(),
+                8 << 20,
+                64 << 10..=1 << 30,
+            )?,
         };
         let log = LogSettings {
             level: raw.log.level.unwrap_or_default(),
@@ -334,15 +362,15 @@ impl Ctx<'_> {
             ));
         }
         let mut warnings = Vec::new();
-        let mut seen_binds: Vec<SocketAddr> = Vec::new();
+        let mut seen_binds: Vec<(Transport, SocketAddr)> = Vec::new();
         let mut listeners = Vec::with_capacity(raw.listeners.len());
         for listener in &raw.listeners {
             listeners.push(self.listener(listener, &pools, &mut seen_binds, &mut warnings)?);
         }
         if let Some(addr) = metrics {
-            if let Some(other) = seen_binds
+            if let Some((_, other)) = seen_binds
                 .iter()
-                .find(|b| **b == addr || binds_overlap(addr, **b))
+                .find(|(t, b)| *t == Transport::Tcp && (*b == addr || binds_overlap(addr, *b)))
             {
                 let span = raw
                     .metrics

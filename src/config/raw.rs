@@ -82,6 +82,7 @@ pub struct RawTimeouts {
     pub connect: Option<Spanned<RawDuration>>,
     pub idle: Option<Spanned<RawDuration>>,
     pub shutdown: Option<Spanned<RawDuration>>,
+    pub udp_idle: Option<Spanned<RawDuration>>,
 }
 
 /// A duration as written: a string such as `"5s"` or `"1h 30m"`, or a bare
@@ -119,6 +120,8 @@ pub struct RawLimits {
     pub max_connections: Option<Spanned<u32>>,
     pub max_peek_bytes: Option<Spanned<u32>>,
     pub max_connections_per_ip: Option<Spanned<u32>>,
+    pub max_quic_flows: Option<Spanned<u32>>,
+    pub max_quic_pending_bytes: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +181,7 @@ pub enum RawProtocol {
     Tls,
     Http,
     Tcp,
+    Quic,
 }
 
 #[derive(Debug, Deserialize)]

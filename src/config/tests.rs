@@ -26,7 +26,8 @@ fn defaults_are_those_of_the_spec() {
             peek: Duration::from_secs(5),
             connect: Duration::from_secs(3),
             idle: Duration::from_secs(3600),
-            shutdown: Duration::from_secs(30)
+            shutdown: Duration::from_secs(30),
+            udp_idle: Duration::from_secs(30),
         }
     );
     assert_eq!(
@@ -35,6 +36,8 @@ fn defaults_are_those_of_the_spec() {
             max_connections: 20_000,
             max_peek_bytes: 16_384,
             max_connections_per_ip: None,
+            max_quic_flows: 10_000,
+            max_quic_pending_bytes: 8 << 20,
         }
     );
     assert_eq!(
@@ -625,4 +628,56 @@ fn redirect_and_acme_key_errors_point_at_the_key() {
             "{err}"
         );
     }
+}
+
+/// MINIMAL with a QUIC listener on the same addresses as its TLS one.
+fn with_quic(extra: &str) -> String {
+    MINIMAL.replace(
+        "[upstreams.web]",
+        &format!("[[listeners]]\nbind = [\"127.0.0.1:8443\", \"[::1]:8443\"]\nprotocol = \"quic\"\ndefault = \"web\"\n{extra}\n[upstreams.web]"),
+    )
+}
+
+#[test]
+fn a_quic_listener_may_share_its_address_with_a_tcp_one() {
+    let c = load_str(&with_quic("")).unwrap();
+    let addr: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+    assert_eq!(c.listener_for(Transport::Tcp, addr), Some(0));
+    assert_eq!(c.listener_for(Transport::Udp, addr), Some(1));
+    assert_eq!(c.listeners[1].protocol, Protocol::Quic);
+    let binds: Vec<_> = c.binds().collect();
+    assert!(binds.contains(&(Transport::Udp, addr)) && binds.contains(&(Transport::Tcp, addr)));
+    let c = load_str(&format!("[timeouts]\nudp_idle = \"5s\"\n{MINIMAL}")).unwrap();
+    assert_eq!(c.timeouts.udp_idle, Duration::from_secs(5));
+}
+
+#[test]
+fn quic_listeners_are_checked() {
+    let twice = with_quic("").replace(
+        "[upstreams.web]",
+        "[[listeners]]\nbind = \"0.0.0.0:8443\"\nprotocol = \"quic\"\ndefault = \"web\"\n[upstreams.web]",
+    );
+    let e = err_with(&twice);
+    assert!(
+        e.contains("bind `0.0.0.0:8443` overlaps `127.0.0.1:8443`"),
+        "{e}"
+    );
+    let e = err_with(&with_quic("accept_proxy_protocol = true"));
+    assert!(
+        e.contains("a \"quic\" listener cannot take a PROXY protocol header"),
+        "{e}"
+    );
+    let e = err_with(&with_quic("").replace(
+        "[upstreams.web]",
+        "[upstreams.web]\nproxy_protocol = \"v2\"",
+    ));
+    assert!(
+        e.contains("route `default` of a \"quic\" listener leads to upstream `web`, which sends a PROXY protocol header"),
+        "{e}"
+    );
+    let e = err_with(&format!("[limits]\nmax_quic_flows = 0\n{MINIMAL}"));
+    assert!(
+        e.contains("limits.max_quic_flows = 0 is out of range"),
+        "{e}"
+    );
 }

@@ -94,6 +94,8 @@ impl fmt::Display for Logfmt<'_> {
 pub struct AccessLog<'a> {
     pub client: SocketAddr,
     pub listener: SocketAddr,
+    /// A QUIC flow: its listener is written `ADDRESS/udp`.
+    pub udp: bool,
     pub host: Option<HostName>,
     pub route: Option<&'a str>,
     pub pool: Option<&'a str>,
@@ -110,6 +112,7 @@ impl AccessLog<'_> {
         AccessLog {
             client,
             listener,
+            udp: false,
             host: None,
             route: None,
             pool: None,
@@ -125,7 +128,7 @@ impl AccessLog<'_> {
         tracing::info!(
             target: ACCESS_TARGET,
             client = %self.client,
-            listener = %self.listener,
+            listener = %ListenerLabel(self.listener, self.udp),
             host = %self.host.as_ref().map_or("-", |h| h.as_str()),
             route = %Logfmt(self.route.unwrap_or("-")),
             pool = %Logfmt(self.pool.unwrap_or("-")),
@@ -136,6 +139,18 @@ impl AccessLog<'_> {
             outcome = %outcome.as_str(),
             reason = %Logfmt(&self.reason),
         );
+    }
+}
+
+/// A TCP listener's address as is, a UDP one's with `/udp`.
+struct ListenerLabel(SocketAddr, bool);
+
+impl fmt::Display for ListenerLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            false => write!(f, "{}", self.0),
+            true => write!(f, "{}/udp", self.0),
+        }
     }
 }
 

@@ -28,7 +28,8 @@ use prometheus_client::registry::Registry;
 use crate::config::{Acme, Config};
 use crate::connections::Connections;
 use crate::outcome::Outcome;
-use crate::peek::Reason;
+use crate::peek::{Reason, Transport};
+use crate::quic::Dropped;
 use crate::resources::{self, Operation, Resource};
 use crate::throttle::Throttle;
 
@@ -63,12 +64,38 @@ impl ListenerStats {
     }
 }
 
+/// Counters of one QUIC (UDP) bind address; they live as long as the process.
+#[derive(Debug, Default)]
+pub struct QuicStats {
+    /// Flows routed and open now.
+    pub open: AtomicU64,
+    closed: [AtomicU64; Outcome::ALL.len()],
+    dropped: [AtomicU64; Dropped::ALL.len()],
+}
+
+impl QuicStats {
+    pub fn closed(&self, outcome: Outcome) {
+        self.closed[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, why: Dropped) {
+        self.dropped[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How a QUIC listener is labelled wherever a TCP listener on the same
+/// address could be too.
+pub fn udp_label(bind: SocketAddr) -> String {
+    format!("{bind}/udp")
+}
+
 /// Everything `GET /metrics` reports.
 #[derive(Debug)]
 pub struct Metrics {
     config: Arc<ArcSwap<Config>>,
     connections: Arc<Connections>,
     listeners: Mutex<BTreeMap<SocketAddr, Arc<ListenerStats>>>,
+    quic: Mutex<BTreeMap<SocketAddr, Arc<QuicStats>>>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     /// Unix time of the last config that was loaded, at start or by a reload.
@@ -81,6 +108,7 @@ impl Metrics {
             config,
             connections,
             listeners: Mutex::default(),
+            quic: Mutex::default(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             last_good_config: AtomicU64::new(unix_now()),
@@ -93,6 +121,12 @@ impl Metrics {
             .listeners
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(bind).or_default())
+    }
+
+    /// The counters of UDP bind `bind`, created on first use and kept for good.
+    pub fn quic(&self, bind: SocketAddr) -> Arc<QuicStats> {
+        let mut map = self.quic.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(map.entry(bind).or_default())
     }
 
@@ -236,13 +270,66 @@ impl Collector for Metrics {
                 })
             }),
         )?;
+        let quic: Vec<(SocketAddr, Arc<QuicStats>)> = self
+            .quic
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(bind, stats)| (*bind, Arc::clone(stats)))
+            .collect();
+        family(
+            &mut enc,
+            "sniroute_quic_flows",
+            "QUIC flows routed and open now, by listener.",
+            MetricType::Gauge,
+            quic.iter().map(|(b, s)| {
+                (
+                    one("listener", udp_label(*b)),
+                    Sample::Gauge(load(&s.open) as i64),
+                )
+            }),
+        )?;
+        family(
+            &mut enc,
+            "sniroute_quic_flows_closed",
+            "QUIC flows ended, by listener and outcome (as in the access log).",
+            MetricType::Counter,
+            quic.iter().flat_map(|(b, s)| {
+                Outcome::ALL.iter().map(move |o| {
+                    let labels: Labels = vec![
+                        ("listener", udp_label(*b)),
+                        ("outcome", o.as_str().to_owned()),
+                    ];
+                    (labels, Sample::Counter(load(&s.closed[*o as usize])))
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "sniroute_quic_dropped",
+            "Client datagrams dropped before their flow was routed, by listener and reason.",
+            MetricType::Counter,
+            quic.iter().flat_map(|(b, s)| {
+                Dropped::ALL.iter().map(move |d| {
+                    let labels: Labels = vec![
+                        ("listener", udp_label(*b)),
+                        ("reason", d.as_str().to_owned()),
+                    ];
+                    (labels, Sample::Counter(load(&s.dropped[*d as usize])))
+                })
+            }),
+        )?;
         family(
             &mut enc,
             "sniroute_routed_connections",
             "Connections routed, by listener (its bind addresses), route key as written in the config, and pool.",
             MetricType::Counter,
             config.listeners.iter().flat_map(|l| {
-                let listener = l.binds.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+                let label = |b: &SocketAddr| match l.protocol.transport() {
+                    Transport::Tcp => b.to_string(),
+                    Transport::Udp => udp_label(*b),
+                };
+                let listener = l.binds.iter().map(label).collect::<Vec<_>>().join(",");
                 // An `acme_pool` is a route too (named `acme_pool`), taken before the others.
                 let acme = match &l.acme {
                     Some(Acme::Pool(route)) => Some(route),

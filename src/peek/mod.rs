@@ -27,6 +27,26 @@ pub enum Protocol {
     /// Read nothing: every connection goes to the default at once, so a server
     /// that speaks first (an SSH banner, an SMTP greeting) is heard at once.
     Tcp,
+    /// Route UDP flows on the SNI of the ClientHello in a QUIC client's
+    /// Initial packets: read by [`crate::quic`], never by this module.
+    Quic,
+}
+
+/// What a listener's sockets carry: a TCP and a UDP listener may share an
+/// address and port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
 }
 
 impl Protocol {
@@ -35,13 +55,22 @@ impl Protocol {
             Protocol::Tls => "tls",
             Protocol::Http => "http",
             Protocol::Tcp => "tcp",
+            Protocol::Quic => "quic",
+        }
+    }
+
+    pub fn transport(self) -> Transport {
+        match self {
+            Protocol::Quic => Transport::Udp,
+            Protocol::Tls | Protocol::Http | Protocol::Tcp => Transport::Tcp,
         }
     }
 
     /// A parser for one connection's head.
     fn parser(self) -> Parser {
         match self {
-            Protocol::Tls => Parser::Tls(tls::Hello::default()),
+            // A QUIC listener has no TCP connections to read: its binds are UDP.
+            Protocol::Tls | Protocol::Quic => Parser::Tls(tls::Hello::default()),
             Protocol::Http => Parser::Http,
             Protocol::Tcp => Parser::Tcp,
         }

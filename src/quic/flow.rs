@@ -1,0 +1,301 @@
+//! One routed QUIC flow: its route, its server, its connected UDP socket
+//! towards that server, and the task that forwards the server's datagrams
+//! back to the client.
+//!
+//! The client's datagrams reach the server from the listener's task
+//! ([`Flow::up`]), the server's reach the client from the flow's task; both
+//! sides only ever try a send once, without waiting, and drop the datagram
+//! when the socket's buffer is full, as a congested link would: QUIC
+//! retransmits, and a proxy that queued instead would only add delay.
+//!
+//! Passive health as for TCP, in UDP's terms: the connected socket reports
+//! the server's ICMP "port unreachable" as a refused connection, which counts
+//! as a failed connect (and ends the flow; the client's next Initial opens a
+//! new one, on another server once this one is marked down), and the
+//! server's first datagram counts as a successful one.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Dropped, FlowSlot};
+use crate::config::Config;
+use crate::logging::AccessLog;
+use crate::metrics::QuicStats;
+use crate::name::HostName;
+use crate::outcome::Outcome;
+use crate::pool::{Lease, Pool};
+use crate::shutdown::{Phase, Shutdown};
+
+/// Datagrams forwarded per wake-up before the task yields to others.
+const BATCH: usize = 64;
+
+/// Where a flow goes, decided once from its ClientHello.
+pub(super) struct Route {
+    pool: Arc<Pool>,
+    pattern: Arc<str>,
+    host: Option<HostName>,
+    idle: Duration,
+}
+
+impl Route {
+    /// The route of `listener` for `name`, if `client` may take it (counted
+    /// as taken).
+    pub(super) fn find(
+        config: &Config,
+        listener: usize,
+        client: SocketAddr,
+        name: Option<HostName>,
+    ) -> Result<Route, Dropped> {
+        let route = config.listeners[listener]
+            .router
+            .route(name.as_ref())
+            .ok_or(Dropped::NoRoute)?;
+        if let Some(access) = &route.target.access {
+            if !access.admits(client.ip()) {
+                return Err(Dropped::Denied);
+            }
+        }
+        route.target.routed.fetch_add(1, Ordering::Relaxed);
+        Ok(Route {
+            pool: Arc::clone(&route.target.pool),
+            pattern: Arc::clone(&route.pattern),
+            host: name,
+            idle: config.timeouts.udp_idle,
+        })
+    }
+}
+
+/// What [`open`] needs.
+pub(super) struct Opening {
+    pub route: Route,
+    pub client: SocketAddr,
+    pub bind: SocketAddr,
+    pub id: u64,
+    /// The listener's socket: the server's datagrams go out from it.
+    pub socket: Arc<UdpSocket>,
+    pub stats: Arc<QuicStats>,
+    pub shutdown: Shutdown,
+    pub ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
+    pub slot: FlowSlot,
+}
+
+/// The listener's handle on a routed flow. Dropping it ends the flow's task.
+pub(super) struct Flow {
+    id: u64,
+    upstream: Arc<UdpSocket>,
+    traffic: Arc<Traffic>,
+    lease_server: Arc<crate::pool::Server>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// What both directions of a flow update.
+#[derive(Default)]
+struct Traffic {
+    up: AtomicU64,
+    down: AtomicU64,
+    /// The last datagram either way, in milliseconds since [`epoch`].
+    last: AtomicU64,
+}
+
+impl Traffic {
+    fn touch(&self) {
+        self.last.store(since_epoch(), Ordering::Relaxed);
+    }
+}
+
+impl Flow {
+    pub(super) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Sends one client datagram to the server.
+    pub(super) fn up(&mut self, datagram: &[u8]) {
+        // A full buffer or an ICMP error waiting to be read: the datagram is
+        // lost as on the network; the flow's task reads the error.
+        if let Ok(n) = self.upstream.try_send(datagram) {
+            let n = n as u64;
+            self.traffic.up.fetch_add(n, Ordering::Relaxed);
+            self.lease_server
+                .live()
+                .bytes_up
+                .fetch_add(n, Ordering::Relaxed);
+            self.traffic.touch();
+        }
+    }
+}
+
+/// Picks a server of the route's pool, opens the flow's socket to it and
+/// starts the flow's task. `None` if no server of the pool could be used.
+pub(super) fn open(o: Opening) -> Option<Flow> {
+    let pool = &o.route.pool;
+    let mut attempts = pool.attempts();
+    let (lease, upstream) = loop {
+        let lease = pool.next_server(&mut attempts, Instant::now())?;
+        match connect(lease.server().addr) {
+            Ok(upstream) => break (lease, Arc::new(upstream)),
+            Err(e) => {
+                tracing::warn!(pool = %pool.name, server = %lease.server().label, "QUIC flow: cannot open a UDP socket to the server: {e}");
+                pool.record_local_failure(lease.server());
+            }
+        }
+    };
+    let traffic = Arc::new(Traffic::default());
+    traffic.touch();
+    let (stop, stopped) = oneshot::channel();
+    let flow = Flow {
+        id: o.id,
+        upstream: Arc::clone(&upstream),
+        traffic: Arc::clone(&traffic),
+        lease_server: Arc::clone(lease.server()),
+        _stop: stop,
+    };
+    o.stats.open.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(run(o, lease, upstream, traffic, stopped));
+    Some(flow)
+}
+
+/// A UDP socket connected to `server`: it receives only that server's
+/// datagrams and reports its ICMP errors.
+fn connect(server: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = match server {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.connect(server)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// The flow's task: the server's datagrams to the client until the flow is
+/// idle, its server fails, the listener forgets it or the drain begins.
+async fn run(
+    o: Opening,
+    lease: Lease,
+    upstream: Arc<UdpSocket>,
+    traffic: Arc<Traffic>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let Opening {
+        route,
+        client,
+        bind,
+        id,
+        socket,
+        stats,
+        mut shutdown,
+        ended,
+        slot,
+    } = o;
+    let started = Instant::now();
+    let server = lease.server();
+    let mut answered = false;
+    let mut deadline = tokio::time::Instant::now() + route.idle;
+    let (outcome, reason) = loop {
+        tokio::select! {
+            biased;
+            _ = &mut stopped => break (Outcome::Shutdown, "the listener stopped serving".to_owned()),
+            () = shutdown.reached(Phase::Draining) => break (Outcome::Shutdown, String::new()),
+            ready = upstream.readable() => {
+                let forwarded = ready.and_then(|()| forward_down(&upstream, &socket, client, &traffic, server));
+                match forwarded {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        if !answered {
+                            answered = true;
+                            route.pool.record_success(server);
+                        }
+                    }
+                    Err(e) => {
+                        if e.kind() == io::ErrorKind::ConnectionRefused {
+                            route.pool.record_failure(server, &e, Instant::now());
+                        }
+                        break (Outcome::UpstreamError, format!("server: {e}"));
+                    }
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                let last = Duration::from_millis(traffic.last.load(Ordering::Relaxed));
+                let due = epoch() + last + route.idle;
+                if Instant::now() >= due {
+                    break (Outcome::IdleTimeout, String::new());
+                }
+                deadline = tokio::time::Instant::from_std(due);
+            }
+        }
+    };
+    stats.open.fetch_sub(1, Ordering::Relaxed);
+    stats.closed(outcome);
+    let elapsed = started.elapsed();
+    route.pool.durations.observe(elapsed);
+    let mut log = AccessLog::new(client, bind);
+    log.udp = true;
+    log.host = route.host;
+    log.route = Some(&route.pattern);
+    log.pool = Some(&route.pool.name);
+    log.server = Some(server.addr);
+    log.bytes_up = traffic.up.load(Ordering::Relaxed);
+    log.bytes_down = traffic.down.load(Ordering::Relaxed);
+    log.reason = reason;
+    log.emit(outcome, elapsed);
+    let _ = ended.send((client, id));
+    drop((lease, slot));
+}
+
+thread_local! {
+    /// One receive buffer per worker thread, used between a readiness and the
+    /// next await only: a buffer per flow would cost 64 KiB each.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; super::MAX_DATAGRAM].into());
+}
+
+/// Forwards what the server sent, up to [`BATCH`] datagrams; the count.
+fn forward_down(
+    upstream: &UdpSocket,
+    socket: &UdpSocket,
+    client: SocketAddr,
+    traffic: &Traffic,
+    server: &crate::pool::Server,
+) -> io::Result<usize> {
+    SCRATCH.with_borrow_mut(|buf| {
+        let mut bytes = 0;
+        let mut count = 0;
+        let result = loop {
+            if count == BATCH {
+                break Ok(count);
+            }
+            match upstream.try_recv(buf) {
+                Ok(n) => {
+                    // Full send buffer: lost as on the network.
+                    let _ = socket.try_send_to(&buf[..n], client);
+                    bytes += n as u64;
+                    count += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(count),
+                Err(e) => break Err(e),
+            }
+        };
+        if bytes > 0 {
+            traffic.down.fetch_add(bytes, Ordering::Relaxed);
+            server.live().bytes_down.fetch_add(bytes, Ordering::Relaxed);
+            traffic.touch();
+        }
+        result
+    })
+}
+
+/// The instant flows' times are counted from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
