@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the per-connection hot path, one function each:
-//! SNI extraction from captured ClientHellos, `Host` extraction from a request
-//! head, route lookup in tables of 10 to 10,000 routes, and a least_conn pick.
+//! SNI extraction from captured ClientHellos and from a QUIC client Initial,
+//! `Host` extraction from a request head, route lookup in tables of 10 to
+//! 10,000 routes, and a least_conn pick.
 //!
 //! `cargo bench --bench micro` (add a filter such as `-- route` for one group).
 //! These time the library functions alone; the side-by-side load test of the
@@ -16,6 +17,7 @@ use sniroute::name::HostName;
 use sniroute::peek::{self, Parse};
 use sniroute::pool::spec::{Host, ServerSpec, DNS_REFRESH};
 use sniroute::pool::{Balance, HealthPolicy, PoolSpec, Registry};
+use sniroute::quic::initial::ClientInitials;
 use sniroute::route::RouterBuilder;
 
 #[path = "support/hellos.rs"]
@@ -75,6 +77,29 @@ fn sni(c: &mut Criterion) {
                 black_box(hello.parse(black_box(&split[..end])).ok());
             }
         })
+    });
+    group.finish();
+}
+
+/// RFC 9001 Appendix A.2's client Initial (1,200 bytes, SNI `example.com`).
+const RFC9001_CLIENT_INITIAL: &[u8] =
+    include_bytes!("../tests/fuzz/seeds/quic_initial/rfc9001_client_initial");
+
+/// A new QUIC flow's first datagram, as the forwarder reads it: key
+/// derivation, header protection, decryption, frames and the hello.
+fn quic(c: &mut Criterion) {
+    let packet = RFC9001_CLIENT_INITIAL;
+    let name = HostName::parse(b"example.com").expect("valid name");
+    assert_eq!(
+        ClientInitials::new(16384)
+            .feed(packet)
+            .expect("the RFC packet opens"),
+        Parse::Complete(Some(name))
+    );
+    let mut group = c.benchmark_group("quic");
+    group.throughput(Throughput::Bytes(packet.len() as u64));
+    group.bench_function("rfc9001_client_initial", |b| {
+        b.iter(|| ClientInitials::new(16384).feed(black_box(packet)))
     });
     group.finish();
 }
@@ -177,5 +202,5 @@ fn least_conn(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sni, host, route, least_conn);
+criterion_group!(benches, sni, quic, host, route, least_conn);
 criterion_main!(benches);

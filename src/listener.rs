@@ -85,6 +85,11 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     })
 }
 
+/// What a QUIC listener's socket asks for as receive buffer: a burst of
+/// Initials (a flood, or many clients at once) waits there while they are
+/// decrypted. The kernel caps it at `net.core.rmem_max` (twice that).
+const UDP_RECEIVE_BUFFER: usize = 4 << 20;
+
 /// A QUIC listener's socket: no `SO_REUSEADDR`, which for UDP would let a
 /// second process bind the same port and take half its datagrams.
 pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, BindError> {
@@ -92,6 +97,9 @@ pub fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, BindError> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
         if addr.is_ipv6() {
             socket.set_only_v6(true)?;
+        }
+        if let Err(e) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+            tracing::debug!(listener = %addr, "cannot set SO_RCVBUF: {e}");
         }
         socket.set_nonblocking(true)?;
         socket.bind(&addr.into())?;

@@ -84,12 +84,13 @@ pub async fn run(
     let connections = Arc::new(Connections::default());
     let (phase, shutdown) = shutdown::channel();
     let metrics = Metrics::new(Arc::clone(&current), Arc::clone(&connections));
+    let quic = Arc::new(Budget::default());
     let mut listeners = Listeners::new(Shared {
         config: Arc::clone(&current),
         connections: Arc::clone(&connections),
         shutdown: shutdown.clone(),
         metrics: Arc::clone(&metrics),
-        quic: Arc::new(Budget::default()),
+        quic: Arc::clone(&quic),
     });
     // Bind everything before accepting anything: a config that cannot be served
     // whole is not served at all.
@@ -217,8 +218,13 @@ pub async fn run(
     let _ = phase.send(Phase::Draining);
     // Closes this process's copies of the listening sockets.
     reloader.stop_listening();
+    // QUIC flows end as the drain begins; waiting for them lets each write
+    // its access-log line.
+    let all_closed = || async {
+        tokio::join!(connections.all_closed(), quic.all_closed());
+    };
     tokio::select! {
-        () = connections.all_closed() => {
+        () = all_closed() => {
             tracing::info!("all connections closed; exiting");
             return Ok(());
         }
@@ -233,7 +239,7 @@ pub async fn run(
     }
     // Cut connections still write their access-log lines; give them a moment.
     let _ = phase.send(Phase::Closing);
-    let _ = tokio::time::timeout(Duration::from_secs(1), connections.all_closed()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), all_closed()).await;
     Ok(())
 }
 

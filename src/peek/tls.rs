@@ -94,14 +94,25 @@ impl Hello {
                 self.joined.extend_from_slice(record.data);
                 &self.joined
             };
-            if let Some(len) = complete_message_len(message)? {
-                return client_hello_name(&message[..len]).map(Parse::Complete);
+            if let complete @ Parse::Complete(_) = handshake(message)? {
+                return Ok(complete);
             }
             if self.joined.is_empty() {
                 self.joined.extend_from_slice(record.data);
             }
         }
         Ok(Parse::Incomplete)
+    }
+}
+
+/// Reads a bare handshake stream, without the record layer: what QUIC's CRYPTO
+/// stream carries (RFC 9001 §4). `Incomplete` until the first message, which
+/// must be a ClientHello, is whole; then its name, as [`Hello::parse`] reads it
+/// from records.
+pub fn handshake(stream: &[u8]) -> Result<Parse, PeekError> {
+    match complete_message_len(stream)? {
+        Some(len) => client_hello_name(&stream[..len]).map(Parse::Complete),
+        None => Ok(Parse::Incomplete),
     }
 }
 
@@ -227,6 +238,29 @@ pub(crate) mod tests {
         assert_eq!(name_of(OPENSSL).as_deref(), Some("openssl.example.com"));
         assert_eq!(name_of(RUSTLS).as_deref(), Some("rustls.example.com"));
         assert_eq!(name_of(NO_SNI), None);
+    }
+
+    #[test]
+    fn bare_handshake_stream_needs_the_whole_message() {
+        let message = &CURL[5..];
+        for end in 0..message.len() {
+            assert_eq!(handshake(&message[..end]).unwrap(), Parse::Incomplete);
+        }
+        let mut stream = message.to_vec();
+        assert_eq!(
+            handshake(&stream).unwrap(),
+            Parse::Complete(HostName::parse(b"curl.example.com"))
+        );
+        // What follows the hello in the stream is not read.
+        stream.extend_from_slice(&[0xff; 9]);
+        assert_eq!(
+            handshake(&stream).unwrap(),
+            Parse::Complete(HostName::parse(b"curl.example.com"))
+        );
+        assert_eq!(
+            handshake(&[0x02, 0, 0, 0]).unwrap_err().reason().as_str(),
+            "not_tls"
+        );
     }
 
     #[test]

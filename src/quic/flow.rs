@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
@@ -92,7 +93,9 @@ pub(super) struct Flow {
     upstream: Arc<UdpSocket>,
     traffic: Arc<Traffic>,
     lease_server: Arc<crate::pool::Server>,
-    _stop: oneshot::Sender<()>,
+    /// Tells the task the server refused a datagram; dropped unused, that
+    /// the listener forgot the flow.
+    stop: Option<oneshot::Sender<io::Error>>,
 }
 
 /// What both directions of a flow update.
@@ -115,18 +118,29 @@ impl Flow {
         self.id
     }
 
-    /// Sends one client datagram to the server.
-    pub(super) fn up(&mut self, datagram: &[u8]) {
-        // A full buffer or an ICMP error waiting to be read: the datagram is
-        // lost as on the network; the flow's task reads the error.
-        if let Ok(n) = self.upstream.try_send(datagram) {
-            let n = n as u64;
-            self.traffic.up.fetch_add(n, Ordering::Relaxed);
-            self.lease_server
-                .live()
-                .bytes_up
-                .fetch_add(n, Ordering::Relaxed);
-            self.traffic.touch();
+    /// Sends one client datagram to the server. `false`: the server refused
+    /// an earlier one (ICMP port unreachable): the flow is over, and this
+    /// datagram was not sent.
+    pub(super) fn up(&mut self, datagram: &[u8]) -> bool {
+        match self.upstream.try_send(datagram) {
+            Ok(n) => {
+                let n = n as u64;
+                self.traffic.up.fetch_add(n, Ordering::Relaxed);
+                self.lease_server
+                    .live()
+                    .bytes_up
+                    .fetch_add(n, Ordering::Relaxed);
+                self.traffic.touch();
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                if let Some(stop) = self.stop.take() {
+                    let _ = stop.send(e);
+                }
+                false
+            }
+            // A full buffer: lost, as on a congested link.
+            Err(_) => true,
         }
     }
 }
@@ -154,7 +168,7 @@ pub(super) fn open(o: Opening) -> Option<Flow> {
         upstream: Arc::clone(&upstream),
         traffic: Arc::clone(&traffic),
         lease_server: Arc::clone(lease.server()),
-        _stop: stop,
+        stop: Some(stop),
     };
     o.stats.open.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(run(o, lease, upstream, traffic, stopped));
@@ -181,7 +195,7 @@ async fn run(
     lease: Lease,
     upstream: Arc<UdpSocket>,
     traffic: Arc<Traffic>,
-    mut stopped: oneshot::Receiver<()>,
+    mut stopped: oneshot::Receiver<io::Error>,
 ) {
     let Opening {
         route,
@@ -201,10 +215,18 @@ async fn run(
     let (outcome, reason) = loop {
         tokio::select! {
             biased;
-            _ = &mut stopped => break (Outcome::Shutdown, "the listener stopped serving".to_owned()),
+            stop = &mut stopped => match stop {
+                Ok(refused) => {
+                    route.pool.record_failure(server, &refused, Instant::now());
+                    break (Outcome::UpstreamError, format!("server: {refused}"));
+                }
+                Err(_) => break (Outcome::Shutdown, "the listener stopped serving".to_owned()),
+            },
             () = shutdown.reached(Phase::Draining) => break (Outcome::Shutdown, String::new()),
-            ready = upstream.readable() => {
-                let forwarded = ready.and_then(|()| forward_down(&upstream, &socket, client, &traffic, server));
+            // ERROR too: an ICMP error alone makes a socket neither readable
+            // nor writable.
+            ready = upstream.ready(Interest::READABLE | Interest::ERROR) => {
+                let forwarded = ready.and_then(|_| forward_down(&upstream, &socket, client, &traffic, server));
                 match forwarded {
                     Ok(0) => {}
                     Ok(_) => {

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::config::Config;
 use crate::listener::Shared;
@@ -120,11 +120,14 @@ impl Dropped {
     }
 
     fn of(error: InitialError) -> Dropped {
-        let reason = error.reason();
-        Dropped::ALL
-            .into_iter()
-            .find(|d| d.as_str() == reason)
-            .unwrap_or(Dropped::Malformed)
+        match error {
+            InitialError::NotInitial => Dropped::NotInitial,
+            InitialError::Version(_) => Dropped::Version,
+            InitialError::Decrypt => Dropped::Decrypt,
+            InitialError::Malformed(_) => Dropped::Malformed,
+            InitialError::TooLarge => Dropped::TooLarge,
+            InitialError::Short => Dropped::Short,
+        }
     }
 }
 
@@ -133,10 +136,23 @@ impl Dropped {
 #[derive(Debug, Default)]
 pub struct Budget {
     flows: AtomicUsize,
+    none_open: Notify,
     pending_bytes: AtomicUsize,
 }
 
 impl Budget {
+    /// Resolves once no flow is left: their tasks have written their
+    /// access-log lines.
+    pub async fn all_closed(&self) {
+        loop {
+            let notified = self.none_open.notified();
+            if self.flows.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// A flow's place, if fewer than `max` are open.
     fn try_flow(self: &Arc<Self>, max: usize) -> Option<FlowSlot> {
         self.flows
@@ -167,7 +183,9 @@ struct FlowSlot(Arc<Budget>);
 
 impl Drop for FlowSlot {
     fn drop(&mut self) {
-        self.0.flows.fetch_sub(1, Ordering::AcqRel);
+        if self.0.flows.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.none_open.notify_waiters();
+        }
     }
 }
 
@@ -251,7 +269,15 @@ pub async fn serve(socket: Arc<UdpSocket>, bind: SocketAddr, shared: Shared) {
 impl Table {
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         let pending = match self.flows.get_mut(&client) {
-            Some(Entry::Routed(flow)) => return flow.up(data),
+            Some(Entry::Routed(flow)) => {
+                if flow.up(data) {
+                    return;
+                }
+                // The server refused the flow: this datagram (a retransmitted
+                // Initial, typically) starts a new one.
+                self.flows.remove(&client);
+                return self.first(data, client);
+            }
             Some(Entry::Pending(pending)) => pending,
             None => return self.first(data, client),
         };
@@ -370,6 +396,7 @@ impl Table {
         match opened {
             Some(mut flow) => {
                 for datagram in datagrams {
+                    // A refusal comes back later, as an ICMP error.
                     flow.up(datagram);
                 }
                 self.flows.insert(client, Entry::Routed(flow));
