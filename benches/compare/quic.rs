@@ -209,33 +209,58 @@ pub async fn once(config: &quinn::ClientConfig, addr: SocketAddr) -> Result<(), 
     }
 }
 
-/// QUIC bulk: `conns` kept-alive QUIC connections to `addr`, each asking for
-/// [`BULK_BODY`]-byte bodies on one bidirectional stream after another
-/// until `run` has passed (counted from when every handshake is done). Both
-/// QUIC ends are in this process, on the load generator's core, so they set
-/// the rate. Returns the UDP payload bytes the client sent and received
-/// within `run` (QUIC packets both ways, what a proxy relays), and the number
-/// of failed connections.
-pub async fn bulk(
-    config: &quinn::ClientConfig,
-    addr: SocketAddr,
-    conns: usize,
-    run: Duration,
-) -> (u64, u64) {
-    let mut clients = Vec::with_capacity(conns);
-    let mut errors = 0u64;
-    for _ in 0..conns {
-        match Client::connect(config, addr).await {
-            Ok(c) => clients.push(c),
-            Err(_) => errors += 1,
+/// The kept-alive connections of one QUIC bulk window, handshakes done.
+pub struct Opened {
+    clients: Vec<Client>,
+    /// Connections whose handshake failed.
+    failed: u64,
+    /// How long each handshake that succeeded took, ms.
+    pub handshakes_ms: Vec<f64>,
+}
+
+/// Opens `conns` QUIC connections to `addr` at once, each on a UDP port of
+/// its own.
+pub async fn open(config: &quinn::ClientConfig, addr: SocketAddr, conns: usize) -> Opened {
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let config = config.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let client = Client::connect(&config, addr).await;
+                (client, started.elapsed())
+            })
+        })
+        .collect();
+    let mut opened = Opened {
+        clients: Vec::with_capacity(conns),
+        failed: 0,
+        handshakes_ms: Vec::with_capacity(conns),
+    };
+    for t in tasks {
+        match t.await {
+            Ok((Ok(client), took)) => {
+                opened.clients.push(client);
+                opened.handshakes_ms.push(took.as_secs_f64() * 1e3);
+            }
+            _ => opened.failed += 1,
         }
     }
+    opened
+}
+
+/// QUIC bulk on `opened` connections: each asks for [`BULK_BODY`]-byte
+/// bodies on one bidirectional stream after another until `run` has passed,
+/// then closes. Both QUIC ends are in this process, on the load generator's
+/// core, so they set the rate. Returns the UDP payload bytes the client sent
+/// and received within `run` (QUIC packets both ways, what a proxy relays),
+/// and the number of failed connections (handshake or download).
+pub async fn download(opened: Opened, run: Duration) -> (u64, u64) {
     let deadline = Instant::now() + run;
-    let tasks: Vec<_> = clients
+    let tasks: Vec<_> = opened
+        .clients
         .into_iter()
         .map(|client| {
             tokio::spawn(async move {
-                // The handshakes are not part of the window.
                 let start = client.wire_bytes();
                 let outcome = client.download(deadline).await;
                 let bytes = client.wire_bytes() - start;
@@ -245,6 +270,7 @@ pub async fn bulk(
         })
         .collect();
     let mut bytes = 0;
+    let mut errors = opened.failed;
     for t in tasks {
         match t.await {
             Ok((b, e)) => {

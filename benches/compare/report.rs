@@ -85,6 +85,12 @@ pub const METRICS: &[Metric] = &[
         false,
     ),
     metric(
+        "quic_handshake_ms",
+        "QUIC handshake, new connection (QUIC bulk)",
+        "ms",
+        false,
+    ),
+    metric(
         "idle_rss_per_conn",
         "RSS per idle proxied connection",
         "KiB",
