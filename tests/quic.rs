@@ -108,6 +108,16 @@ impl Server {
 /// `alpn` offered (long lists make a large ClientHello) and an idle timeout
 /// of `idle`.
 fn client(alpn: Vec<Vec<u8>>, idle: Duration) -> quinn::Endpoint {
+    client_with(alpn, idle, None)
+}
+
+/// [`client`], with quinn's initial RTT estimate set: three times it is how
+/// long the client waits before it retransmits a lost Initial.
+fn client_with(
+    alpn: Vec<Vec<u8>>,
+    idle: Duration,
+    initial_rtt: Option<Duration>,
+) -> quinn::Endpoint {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki().cert.clone()).unwrap();
     let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
@@ -120,6 +130,9 @@ fn client(alpn: Vec<Vec<u8>>, idle: Duration) -> quinn::Endpoint {
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.max_idle_timeout(Some(idle.try_into().unwrap()));
+    if let Some(rtt) = initial_rtt {
+        transport.initial_rtt(rtt);
+    }
     config.transport_config(Arc::new(transport));
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(config);
@@ -203,7 +216,25 @@ async fn each_name_reaches_its_server_and_unrouted_names_get_nothing() {
     let b = Server::start("127.0.0.3", "B");
     let (listen, metrics) = (free_udp("127.0.0.1"), free_addr("127.0.0.1"));
     let proxy = Sniroute::start(&config(listen, metrics, a.addr, b.addr, ""));
-    assert_eq!(request(listen, "a.example.com").await.unwrap(), "A: hello");
+    // The datagrams that route a flow reach the server themselves: with a
+    // retransmission 15 s away, the handshake is done long before one.
+    let patient = client_with(
+        test_alpn(),
+        Duration::from_secs(30),
+        Some(Duration::from_secs(5)),
+    );
+    let started = Instant::now();
+    assert_eq!(
+        request_from(&patient, listen, "a.example.com")
+            .await
+            .unwrap(),
+        "A: hello"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}: the first Initials were lost",
+        started.elapsed()
+    );
     assert_eq!(request(listen, "b.example.com").await.unwrap(), "B: hello");
     assert_eq!(request(listen, "a.example.com").await.unwrap(), "A: hello");
     assert_eq!((a.accepted(), b.accepted()), (2, 1));
@@ -233,9 +264,7 @@ async fn a_client_hello_over_two_initial_packets_routes() {
     // a post-quantum one, cannot fit a client's first datagrams (1200 bytes
     // until the path is validated), so its CRYPTO data spans two Initial
     // packets in two datagrams.
-    let mut alpn: Vec<Vec<u8>> = (0..40).map(|i| format!("{i:0>40}").into_bytes()).collect();
-    alpn.push(b"test".to_vec());
-    let endpoint = client(alpn, Duration::from_secs(2));
+    let endpoint = client(big_alpn(), Duration::from_secs(2));
     assert_eq!(
         request_from(&endpoint, listen, "b.example.com")
             .await
@@ -243,6 +272,31 @@ async fn a_client_hello_over_two_initial_packets_routes() {
         "B: hello"
     );
     assert_eq!((a.accepted(), b.accepted()), (0, 1));
+    // Both datagrams of the hello went through, no retransmission needed.
+    let patient = client_with(
+        big_alpn(),
+        Duration::from_secs(30),
+        Some(Duration::from_secs(5)),
+    );
+    let started = Instant::now();
+    assert_eq!(
+        request_from(&patient, listen, "a.example.com")
+            .await
+            .unwrap(),
+        "A: hello"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// 40 ALPN names of 40 bytes, then `test`.
+fn big_alpn() -> Vec<Vec<u8>> {
+    let mut alpn: Vec<Vec<u8>> = (0..40).map(|i| format!("{i:0>40}").into_bytes()).collect();
+    alpn.push(b"test".to_vec());
+    alpn
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,7 +506,7 @@ async fn a_dead_server_is_marked_down_and_the_retried_initial_reaches_a_live_one
         a.addr
     );
     let proxy = Sniroute::start(&text);
-    let endpoint = client(test_alpn(), Duration::from_secs(8));
+    let endpoint = client(test_alpn(), Duration::from_secs(10));
     // The first flow goes to the primary, which answers with ICMP port
     // unreachable: the flow ends, the server is marked down, and the
     // client's retransmitted Initial opens a flow to the backup.
@@ -548,4 +602,36 @@ async fn a_reload_changes_the_routes_of_new_flows() {
     proxy.wait_log("config reloaded");
     assert_eq!(request(listen, "b.example.com").await.unwrap(), "B: hello");
     assert_eq!(b.accepted(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_connection_from_a_reused_port_is_routed_by_its_own_hello() {
+    let _side_by_side = FLOOD.read().await;
+    let a = Server::start("127.0.0.2", "A");
+    let b = Server::start("127.0.0.3", "B");
+    let (listen, metrics) = (free_udp("127.0.0.1"), free_addr("127.0.0.1"));
+    let proxy = Sniroute::start(&config(listen, metrics, a.addr, b.addr, ""));
+    // One client port (a NAT's mapping, a reused ephemeral port): the flow
+    // to A is still open (udp_idle is 30 s) when the next connection, with
+    // a new source connection ID, asks for b.
+    let endpoint = client(test_alpn(), Duration::from_secs(5));
+    assert_eq!(
+        request_from(&endpoint, listen, "a.example.com")
+            .await
+            .unwrap(),
+        "A: hello"
+    );
+    assert_eq!(
+        request_from(&endpoint, listen, "b.example.com")
+            .await
+            .unwrap(),
+        "B: hello"
+    );
+    assert_eq!((a.accepted(), b.accepted()), (1, 1));
+    let line = proxy.wait_access(1).remove(0);
+    assert!(
+        line.contains("host=a.example.com") && line.contains("outcome=closed"),
+        "{line}"
+    );
+    assert!(line.contains("a new QUIC connection"), "{line}");
 }

@@ -71,9 +71,24 @@ pub struct QuicStats {
     pub open: AtomicU64,
     closed: [AtomicU64; Outcome::ALL.len()],
     dropped: [AtomicU64; Dropped::ALL.len()],
+    /// Datagrams of routed flows a full socket buffer refused: up, down.
+    lost: [AtomicU64; 2],
+}
+
+/// Which way a datagram of a routed flow went.
+#[derive(Debug, Clone, Copy)]
+pub enum Direction {
+    /// Client to server.
+    Up,
+    /// Server to client.
+    Down,
 }
 
 impl QuicStats {
+    pub fn lost(&self, direction: Direction) {
+        self.lost[direction as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn closed(&self, outcome: Outcome) {
         self.closed[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
@@ -316,6 +331,21 @@ impl Collector for Metrics {
                         ("reason", d.as_str().to_owned()),
                     ];
                     (labels, Sample::Counter(load(&s.dropped[*d as usize])))
+                })
+            }),
+        )?;
+        family(
+            &mut enc,
+            "sniroute_quic_datagrams_lost",
+            "Datagrams of routed QUIC flows not sent because the socket's buffer was full, by listener and direction (up: to the server).",
+            MetricType::Counter,
+            quic.iter().flat_map(|(b, s)| {
+                [("up", &s.lost[0]), ("down", &s.lost[1])].map(|(direction, n)| {
+                    let labels: Labels = vec![
+                        ("listener", udp_label(*b)),
+                        ("direction", direction.to_owned()),
+                    ];
+                    (labels, Sample::Counter(load(n)))
                 })
             }),
         )?;

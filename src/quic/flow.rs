@@ -5,8 +5,12 @@
 //! The client's datagrams reach the server from the listener's task
 //! ([`Flow::up`]), the server's reach the client from the flow's task; both
 //! sides only ever try a send once, without waiting, and drop the datagram
-//! when the socket's buffer is full, as a congested link would: QUIC
-//! retransmits, and a proxy that queued instead would only add delay.
+//! when the socket's buffer is full, as a congested link would (counted in
+//! [`QuicStats`]): QUIC retransmits, and a proxy that queued instead would
+//! only add delay. Those sends are plain `send(2)` calls on the descriptor:
+//! tokio's `try_send` answers "would block" without asking the kernel until
+//! its reactor has seen the socket writable, which a flow's new socket is
+//! not yet when the datagrams that routed it go out.
 //!
 //! Passive health as for TCP, in UDP's terms: the connected socket reports
 //! the server's ICMP "port unreachable" as a refused connection, which counts
@@ -21,21 +25,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use socket2::{SockAddr, SockRef};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Dropped, FlowSlot};
+use super::{Dropped, FlowSlot, BATCH};
 use crate::config::Config;
 use crate::logging::AccessLog;
-use crate::metrics::QuicStats;
+use crate::metrics::{Direction, QuicStats};
 use crate::name::HostName;
 use crate::outcome::Outcome;
 use crate::pool::{Lease, Pool};
 use crate::shutdown::{Phase, Shutdown};
-
-/// Datagrams forwarded per wake-up before the task yields to others.
-const BATCH: usize = 64;
 
 /// Where a flow goes, decided once from its ClientHello.
 pub(super) struct Route {
@@ -93,9 +95,21 @@ pub(super) struct Flow {
     upstream: Arc<UdpSocket>,
     traffic: Arc<Traffic>,
     lease_server: Arc<crate::pool::Server>,
-    /// Tells the task the server refused a datagram; dropped unused, that
-    /// the listener forgot the flow.
-    stop: Option<oneshot::Sender<io::Error>>,
+    stats: Arc<QuicStats>,
+    /// The client's source connection ID: an Initial with another starts a
+    /// new connection.
+    source_id: Box<[u8]>,
+    /// Tells the task why the listener ended the flow; dropped unused, that
+    /// the listener stopped.
+    stop: Option<oneshot::Sender<Stop>>,
+}
+
+/// Why the listener ends a flow.
+enum Stop {
+    /// The server refused a datagram (ICMP port unreachable).
+    Refused(io::Error),
+    /// A new connection from the client's address and port takes its place.
+    Replaced,
 }
 
 /// What both directions of a flow update.
@@ -118,11 +132,28 @@ impl Flow {
         self.id
     }
 
+    /// Whether `datagram` begins a new connection from the flow's client
+    /// address and port: an Initial with another source connection ID.
+    pub(super) fn is_new_connection(&self, datagram: &[u8]) -> bool {
+        super::initial::source_id(datagram).is_some_and(|id| *id != *self.source_id)
+    }
+
+    /// Ends the flow for a new connection from its client's address and port.
+    pub(super) fn replace(mut self) {
+        self.end(Stop::Replaced);
+    }
+
+    fn end(&mut self, why: Stop) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(why);
+        }
+    }
+
     /// Sends one client datagram to the server. `false`: the server refused
     /// an earlier one (ICMP port unreachable): the flow is over, and this
     /// datagram was not sent.
     pub(super) fn up(&mut self, datagram: &[u8]) -> bool {
-        match self.upstream.try_send(datagram) {
+        match SockRef::from(&*self.upstream).send(datagram) {
             Ok(n) => {
                 let n = n as u64;
                 self.traffic.up.fetch_add(n, Ordering::Relaxed);
@@ -134,20 +165,22 @@ impl Flow {
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                if let Some(stop) = self.stop.take() {
-                    let _ = stop.send(e);
-                }
+                self.end(Stop::Refused(e));
                 false
             }
             // A full buffer: lost, as on a congested link.
-            Err(_) => true,
+            Err(_) => {
+                self.stats.lost(Direction::Up);
+                true
+            }
         }
     }
 }
 
 /// Picks a server of the route's pool, opens the flow's socket to it and
-/// starts the flow's task. `None` if no server of the pool could be used.
-pub(super) fn open(o: Opening) -> Option<Flow> {
+/// starts the flow's task; `source_id` is the client's, from its Initials.
+/// `None` if no server of the pool could be used.
+pub(super) fn open(o: Opening, source_id: Box<[u8]>) -> Option<Flow> {
     let pool = &o.route.pool;
     let mut attempts = pool.attempts();
     let (lease, upstream) = loop {
@@ -168,6 +201,8 @@ pub(super) fn open(o: Opening) -> Option<Flow> {
         upstream: Arc::clone(&upstream),
         traffic: Arc::clone(&traffic),
         lease_server: Arc::clone(lease.server()),
+        stats: Arc::clone(&o.stats),
+        source_id,
         stop: Some(stop),
     };
     o.stats.open.fetch_add(1, Ordering::Relaxed);
@@ -195,7 +230,7 @@ async fn run(
     lease: Lease,
     upstream: Arc<UdpSocket>,
     traffic: Arc<Traffic>,
-    mut stopped: oneshot::Receiver<io::Error>,
+    mut stopped: oneshot::Receiver<Stop>,
 ) {
     let Opening {
         route,
@@ -216,17 +251,23 @@ async fn run(
         tokio::select! {
             biased;
             stop = &mut stopped => match stop {
-                Ok(refused) => {
+                Ok(Stop::Refused(refused)) => {
                     route.pool.record_failure(server, &refused, Instant::now());
                     break (Outcome::UpstreamError, format!("server: {refused}"));
                 }
+                Ok(Stop::Replaced) => break (Outcome::Closed, "a new QUIC connection from the client's address and port took its place".to_owned()),
                 Err(_) => break (Outcome::Shutdown, "the listener stopped serving".to_owned()),
             },
             () = shutdown.reached(Phase::Draining) => break (Outcome::Shutdown, String::new()),
             // ERROR too: an ICMP error alone makes a socket neither readable
             // nor writable.
             ready = upstream.ready(Interest::READABLE | Interest::ERROR) => {
-                let forwarded = ready.and_then(|_| forward_down(&upstream, &socket, client, &traffic, server));
+                let forwarded = ready.and_then(|ready| {
+                    if ready.is_error() {
+                        pending_error(&upstream)?;
+                    }
+                    forward_down(&upstream, &socket, client, &traffic, server, &stats)
+                });
                 match forwarded {
                     Ok(0) => {}
                     Ok(_) => {
@@ -271,6 +312,22 @@ async fn run(
     drop((lease, slot));
 }
 
+/// The socket's pending error (`SO_ERROR`: the server's ICMP port
+/// unreachable, read as a refused connection), if it still has one; the
+/// error readiness is cleared when it has none (a send took it first), so
+/// that it does not wake the task again.
+fn pending_error(upstream: &UdpSocket) -> io::Result<()> {
+    let error = upstream.try_io(Interest::ERROR, || match upstream.take_error()? {
+        Some(e) => Ok(e),
+        None => Err(io::ErrorKind::WouldBlock.into()),
+    });
+    match error {
+        Ok(e) => Err(e),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 thread_local! {
     /// One receive buffer per worker thread, used between a readiness and the
     /// next await only: a buffer per flow would cost 64 KiB each.
@@ -284,7 +341,10 @@ fn forward_down(
     client: SocketAddr,
     traffic: &Traffic,
     server: &crate::pool::Server,
+    stats: &QuicStats,
 ) -> io::Result<usize> {
+    let to = SockAddr::from(client);
+    let socket = SockRef::from(socket);
     SCRATCH.with_borrow_mut(|buf| {
         let mut bytes = 0;
         let mut count = 0;
@@ -294,8 +354,9 @@ fn forward_down(
             }
             match upstream.try_recv(buf) {
                 Ok(n) => {
-                    // Full send buffer: lost as on the network.
-                    let _ = socket.try_send_to(&buf[..n], client);
+                    if socket.send_to(&buf[..n], &to).is_err() {
+                        stats.lost(Direction::Down);
+                    }
                     bytes += n as u64;
                     count += 1;
                 }

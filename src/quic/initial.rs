@@ -259,6 +259,25 @@ struct Packet<'a> {
     pn_offset: usize,
 }
 
+/// The client's source connection ID, when `datagram` starts with a long-header
+/// Initial packet of a version read here. Every packet of one connection
+/// carries the same; a new connection from the same address and port (a
+/// reused port, a NAT's reused mapping) carries a new one.
+pub fn source_id(datagram: &[u8]) -> Option<&[u8]> {
+    let (&first, rest) = datagram.split_first()?;
+    if first & 0x80 == 0 {
+        return None;
+    }
+    let (number, mut r) = rest.split_first_chunk::<4>()?;
+    let number = u32::from_be_bytes(*number);
+    let version = VERSIONS.iter().find(|v| v.number == number)?;
+    if (first >> 4) & 0b11 != version.initial {
+        return None;
+    }
+    connection_id(&mut r).ok()?;
+    connection_id(&mut r).ok()
+}
+
 /// Splits the long-header packet at the start of `datagram` from what follows;
 /// `None` for a Retry, which has no Length to split by (and which a client
 /// never sends).
@@ -622,6 +641,17 @@ mod tests {
         assert_eq!(decode_pn(Some(0xfe), 0x01, 8), 0x101);
         assert_eq!(decode_pn(Some(0x101), 0xff, 8), 0xff);
         assert_eq!(decode_pn(Some(0x7f), 0x00, 8), 0x100);
+    }
+
+    #[test]
+    fn the_source_id_of_an_initial_is_read_and_of_nothing_else() {
+        // RFC 9001 A.2's client Initial has an empty source connection ID.
+        assert_eq!(source_id(RFC9001), Some(&[][..]));
+        let packet = initial(V2, 0, &crypto(0, &CURL[5..100]), 1200);
+        assert_eq!(source_id(&packet), Some(&[0xc1, 0x1e, 0x47][..]));
+        assert_eq!(source_id(&protect(V1, 0xd0, 1, &[0; 1200])), None, "0-RTT");
+        assert_eq!(source_id(&[0x40; 1200]), None, "short header");
+        assert_eq!(source_id(&RFC9001[..8]), None, "cut short");
     }
 
     #[test]

@@ -52,6 +52,10 @@ use initial::{ClientInitials, InitialError};
 /// The largest UDP payload there is.
 const MAX_DATAGRAM: usize = 65_535;
 
+/// Datagrams read per wake-up of a listener's task before it looks at its
+/// other work.
+const BATCH: usize = 64;
+
 /// How often pending flows are checked against `timeouts.peek`.
 const SWEEP: Duration = Duration::from_secs(1);
 
@@ -214,7 +218,8 @@ impl Drop for Held {
 }
 
 enum Entry {
-    Pending(Pending),
+    /// Boxed: its Initial keys are large, and routed flows the many.
+    Pending(Box<Pending>),
     Routed(Flow),
 }
 
@@ -255,12 +260,21 @@ pub async fn serve(socket: Arc<UdpSocket>, bind: SocketAddr, shared: Shared) {
             () = shutdown.reached(Phase::Draining) => break,
             Some((client, id)) = ended_rx.recv() => table.ended(client, id),
             _ = sweep.tick() => table.expire_pending(),
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((len, client)) => table.datagram(&buf[..len], client),
-                // An ICMP error for an earlier send_to, or a local
-                // shortage: nothing to do for this datagram but go on.
-                Err(e) => tracing::debug!(listener = %bind, "UDP receive: {e}"),
-            },
+            received = socket.recv_from(&mut buf) => {
+                let mut received = received;
+                // What else is queued goes without a trip through select!,
+                // up to a batch, so the other branches still get their turn.
+                for _ in 0..BATCH {
+                    match received {
+                        Ok((len, client)) => table.datagram(&buf[..len], client),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        // An ICMP error for an earlier send, or a local
+                        // shortage: nothing to do for this datagram but go on.
+                        Err(e) => tracing::debug!(listener = %bind, "UDP receive: {e}"),
+                    }
+                    received = socket.try_recv_from(&mut buf);
+                }
+            }
         }
     }
     tracing::info!(listener = %bind, flows = table.flows.len(), "stopped serving QUIC; its flows end");
@@ -270,6 +284,12 @@ impl Table {
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         let pending = match self.flows.get_mut(&client) {
             Some(Entry::Routed(flow)) => {
+                if flow.is_new_connection(data) {
+                    if let Some(Entry::Routed(flow)) = self.flows.remove(&client) {
+                        flow.replace();
+                    }
+                    return self.first(data, client);
+                }
                 if flow.up(data) {
                     return;
                 }
@@ -307,7 +327,7 @@ impl Table {
                     mut datagrams,
                     slot,
                     ..
-                } = pending;
+                } = *pending;
                 datagrams.push(data.into());
                 self.route(&config, listener, client, name, &datagrams, Some(slot));
             }
@@ -357,7 +377,7 @@ impl Table {
                     since: Instant::now(),
                     slot,
                 };
-                self.flows.insert(client, Entry::Pending(pending));
+                self.flows.insert(client, Entry::Pending(Box::new(pending)));
             }
         }
     }
@@ -373,26 +393,38 @@ impl Table {
         datagrams: &[Box<[u8]>],
         slot: Option<FlowSlot>,
     ) {
+        let host = name.clone();
         let route = match Route::find(config, listener, client, name) {
             Ok(route) => route,
-            Err(why) => return self.stats.dropped(why),
+            Err(why) => {
+                let host = host.as_ref().map_or("-", HostName::as_str);
+                tracing::debug!(listener = %self.bind, %client, host, reason = why.as_str(), "QUIC flow not routed; its Initials are dropped");
+                return self.stats.dropped(why);
+            }
         };
         let budget = &self.shared.quic;
         let Some(slot) = slot.or_else(|| budget.try_flow(config.limits.max_quic_flows)) else {
             return self.full(client, Dropped::FlowsFull);
         };
         self.next_id += 1;
-        let opened = flow::open(flow::Opening {
-            route,
-            client,
-            bind: self.bind,
-            id: self.next_id,
-            socket: Arc::clone(&self.socket),
-            stats: Arc::clone(&self.stats),
-            shutdown: self.shared.shutdown.clone(),
-            ended: self.ended.clone(),
-            slot,
-        });
+        let source_id = datagrams
+            .iter()
+            .find_map(|d| initial::source_id(d))
+            .unwrap_or_default();
+        let opened = flow::open(
+            flow::Opening {
+                route,
+                client,
+                bind: self.bind,
+                id: self.next_id,
+                socket: Arc::clone(&self.socket),
+                stats: Arc::clone(&self.stats),
+                shutdown: self.shared.shutdown.clone(),
+                ended: self.ended.clone(),
+                slot,
+            },
+            source_id.into(),
+        );
         match opened {
             Some(mut flow) => {
                 for datagram in datagrams {

@@ -268,7 +268,9 @@ fn listen(
     if params.iter().any(|p| p == "udp") {
         notes.push(Note::lossy(
             d,
-            "sniroute proxies TCP only; this UDP listener is left out",
+            "sniroute forwards UDP only as QUIC, in a \"quic\" listener routed by the SNI of the\n\
+             client's Initial packets (HTTP/3; write one by hand if this was HTTP/3); this UDP\n\
+             listener is left out",
         ));
         return;
     }
