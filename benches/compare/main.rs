@@ -491,27 +491,18 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
             }
             match quic_ready(peer, &plan, &quic_client).await {
                 QuicReady::Yes => {}
-                QuicReady::Unavailable(reason) => {
+                // nginx without UDP proxying is a peer that can be missing;
+                // sniroute is the subject: as in the TCP cases, a sniroute
+                // that cannot run the case stops the run.
+                QuicReady::Unavailable(reason) if peer != Peer::Sniroute => {
                     println!("quic_bulk: skipped for {}: {reason}", peer.name());
-                    // sniroute is not a peer that can be missing: a build
-                    // without QUIC listeners is shown, and no reason to stop.
-                    if settings.require_peers && peer != Peer::Sniroute {
+                    if settings.require_peers {
                         eprintln!("SNIROUTE_BENCH_REQUIRE_PEERS is set: stopping");
                         return None;
                     }
                     skipped.push((Case::QuicBulk, peer));
                 }
-                // A sniroute whose QUIC listener cannot route yet (its
-                // Initial reader unfinished) sits the case out, with the
-                // reason shown; its own tests are where QUIC must work.
-                QuicReady::Broken(reason) if peer == Peer::Sniroute => {
-                    println!(
-                        "quic_bulk: skipped for sniroute: it runs its QUIC config but carries \
-                         no QUIC connection through it: {reason}"
-                    );
-                    skipped.push((Case::QuicBulk, peer));
-                }
-                QuicReady::Broken(reason) => {
+                QuicReady::Unavailable(reason) | QuicReady::Broken(reason) => {
                     eprintln!("{} does not carry QUIC: {reason}", peer.name());
                     return None;
                 }
@@ -588,7 +579,8 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
 /// Whether a peer can take part in the QUIC case.
 enum QuicReady {
     Yes,
-    /// Its QUIC config is rejected or it does not start: skip it here.
+    /// Its QUIC config is rejected or it does not start: nginx skips the
+    /// case, sniroute stops the run.
     Unavailable(String),
     /// It runs the config but does not carry a QUIC connection: the harness
     /// or the proxy is broken.
@@ -606,7 +598,10 @@ async fn quic_ready(peer: Peer, plan: &Plan, client: &quinn::ClientConfig) -> Qu
     }
     if let Err(e) = peers::check(peer, plan, Job::Quic) {
         let hint = match peer {
-            Peer::Sniroute if e.contains("quic") || e.contains("udp_idle") => {
+            Peer::Sniroute
+                if e.contains("unknown variant `quic`")
+                    || e.contains("unknown field `udp_idle`") =>
+            {
                 " (this build of sniroute has no QUIC listeners)"
             }
             Peer::Nginx => " (UDP proxying needs nginx's stream module)",
