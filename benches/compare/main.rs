@@ -36,7 +36,8 @@
 //!   the rate; the proxy relays UDP datagrams (sniroute: a `quic` listener
 //!   routing by the SNI of the Initial packets; nginx: a plain UDP proxy, as
 //!   it cannot read that SNI; HAProxy has no UDP proxy and sits it out). MB/s
-//!   count the UDP payloads both ways (see `quic`);
+//!   count the UDP payloads both ways (see `quic`); the handshakes come before
+//!   the timed window, and their median time is a row of its own;
 //! - `routes` (sniroute only): CPU per connection with 11,100 routes against
 //!   3 for a name that falls through all of them, and with the big table the
 //!   time of `--check` and of a reload (see `routes`).
