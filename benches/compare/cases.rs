@@ -7,11 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::peers::{self, Peer, Plan};
+use crate::peers::{self, Job, Peer, Plan};
 use crate::report::Results;
 use crate::routes::{self, Table};
 use crate::syscalls::{self, Perf};
-use crate::{load, procfs, Settings};
+use crate::{load, procfs, quic, Settings};
 
 /// One kind of load; see the crate docs for what each does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,11 +23,12 @@ pub enum Case {
     KeepaliveLatency,
     Idle,
     TlsBulk,
+    QuicBulk,
     Routes,
 }
 
 impl Case {
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 9] = [
         Case::Tls,
         Case::Replay,
         Case::Bulk,
@@ -35,6 +36,7 @@ impl Case {
         Case::KeepaliveLatency,
         Case::Idle,
         Case::TlsBulk,
+        Case::QuicBulk,
         Case::Routes,
     ];
 
@@ -47,17 +49,28 @@ impl Case {
             Case::KeepaliveLatency => "keepalive_latency",
             Case::Idle => "idle",
             Case::TlsBulk => "tls_bulk",
+            Case::QuicBulk => "quic_bulk",
             Case::Routes => "routes",
         }
     }
 
-    /// Whether `peer` takes part: idle memory needs a proxy, and the route
-    /// table is sniroute's against itself (see `routes`).
+    /// Whether `peer` takes part: idle memory needs a proxy, the route
+    /// table is sniroute's against itself (see `routes`), and QUIC needs a
+    /// UDP proxy.
     pub fn runs_on(self, peer: Peer) -> bool {
         match self {
             Case::Idle => peer != Peer::Direct,
             Case::Routes => peer == Peer::Sniroute,
+            Case::QuicBulk => peer != Peer::Haproxy,
             _ => true,
+        }
+    }
+
+    /// The config a proxy runs for this case.
+    pub fn job(self) -> Job {
+        match self {
+            Case::QuicBulk => Job::Quic,
+            _ => Job::Tcp,
         }
     }
 }
@@ -67,6 +80,7 @@ pub struct Ctx<'a> {
     pub settings: &'a Settings,
     pub plan: &'a Plan,
     pub tls: &'a load::TlsClient,
+    pub quic: &'a quinn::ClientConfig,
     pub hello: Arc<[u8]>,
     /// System-call counting, where perf can do it.
     pub perf: Option<&'a Perf>,
@@ -139,12 +153,9 @@ fn usage(before: &Clocks, pid: Option<u32>) -> Usage {
 pub const NOISE_LIMIT: f64 = 25.0;
 pub const ATTEMPTS: usize = 3;
 
-/// Measures `case` on `peer` into `results`. A measurement during which the
-/// rest of the machine (other processes, unattributed interrupt time) used
-/// more than [`NOISE_LIMIT`] is repeated after a pause, at most [`ATTEMPTS`]
-/// times in all; the last one is kept either way and counted as noisy.
-/// The result keys of a case that moves bytes (bulk, TLS-bound bulk): its
-/// MB/s, the cores' busy shares, and CPU per GB for the machine and the proxy.
+/// The result keys of a case that moves bytes (bulk, TLS-bound bulk, QUIC
+/// bulk): its MB/s, the cores' busy shares, and CPU per GB for the machine and
+/// the proxy.
 struct BytesKeys {
     rate: &'static str,
     loadgen_busy: &'static str,
@@ -181,6 +192,10 @@ impl BytesKeys {
     }
 }
 
+/// Measures `case` on `peer` into `results`. A measurement during which the
+/// rest of the machine (other processes, unattributed interrupt time) used
+/// more than [`NOISE_LIMIT`] is repeated after a pause, at most [`ATTEMPTS`]
+/// times in all; the last one is kept either way and counted as noisy.
 pub async fn measure(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Results) {
     for attempt in 1..=ATTEMPTS {
         let mut scratch = Results::default();
@@ -212,7 +227,7 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
     }
     let running = match peer {
         Peer::Direct => None,
-        p => Some(peers::start(p, ctx.plan).await),
+        p => Some(peers::start(p, ctx.plan, case.job()).await),
     };
     let pid = running.as_ref().map(|r| r.pid());
     let targets = targets_for(peer, running.as_ref().map(|r| r.listen), ctx.plan);
@@ -372,6 +387,33 @@ async fn measure_once(ctx: &Ctx<'_>, case: Case, peer: Peer, results: &mut Resul
                     Err(e) => eprintln!("tls_bulk/{}: no system-call counts: {e}", peer.name()),
                 }
             }
+            used.other_busy
+        }
+        Case::QuicBulk => {
+            let addr = running.as_ref().map_or(ctx.plan.quic_server, |r| r.listen);
+            let warm = quic::open(ctx.quic, addr, s.quic_bulk_conns).await;
+            let mut handshakes = warm.handshakes_ms.clone();
+            quic::download(warm, s.warmup).await;
+            // The window starts with every handshake done (through a proxy
+            // they are new flows, and may be slow): it times the relaying.
+            let opened = quic::open(ctx.quic, addr, s.quic_bulk_conns).await;
+            handshakes.extend(&opened.handshakes_ms);
+            let before = clocks(pid);
+            let (bytes, errors) = quic::download(opened, s.run).await;
+            let used = usage(&before, pid);
+            if !handshakes.is_empty() {
+                results.add("quic_handshake_ms", peer, median(handshakes));
+            }
+            let keys = BytesKeys {
+                rate: "quic_bulk",
+                loadgen_busy: "loadgen_busy_quic_bulk",
+                other_busy: "other_busy_quic_bulk",
+                machine_per_gb: "machine_cpu_per_gb_quic_bulk",
+                proxy_per_gb: "cpu_per_gb_quic_bulk",
+                proxy_busy: "proxy_busy_quic_bulk",
+            };
+            keys.add(results, peer, bytes, s.run, &used, has_proxy);
+            results.add_errors(case.name(), peer, errors);
             used.other_busy
         }
         Case::Routes => unreachable!("measured by measure_routes"),

@@ -1,8 +1,8 @@
 //! Side-by-side load test: sniroute, nginx stream and HAProxy, and the direct
 //! path, measured in the same run on loopback.
 //!
-//! `cargo bench --bench compare` (full run, about 10 minutes on 2 cores), or
-//! with `SNIROUTE_BENCH_SMOKE=1` a smoke run of about 55 s that only shows
+//! `cargo bench --bench compare` (full run, about 11 minutes on 2 cores), or
+//! with `SNIROUTE_BENCH_SMOKE=1` a smoke run of about a minute that only shows
 //! the harness works end to end (its numbers mean little). It prints a table of
 //! medians and ratios and writes `results.json`, `table.md` and `compare.svg`
 //! to `target/bench-compare/`. It installs nothing: a missing nginx, nginx stream
@@ -29,13 +29,23 @@
 //!   (on the load generator's core) set the rate and the proxy relays a flow
 //!   slower than it could; then a second window in which perf counts the
 //!   proxy's wake-ups (epoll returns) and reads or splices per MB (`syscalls`);
+//! - `quic_bulk`: QUIC bulk download: 4 kept-alive QUIC connections (quinn,
+//!   SNI `bench.example`, each from a UDP port of its own) each downloading
+//!   1 MiB bodies on one bidirectional stream after another from a quinn
+//!   server on 127.0.0.2, so both QUIC ends (on the load generator's core) set
+//!   the rate; the proxy relays UDP datagrams (sniroute: a `quic` listener
+//!   routing by the SNI of the Initial packets; nginx: a plain UDP proxy, as
+//!   it cannot read that SNI; HAProxy has no UDP proxy and sits it out). MB/s
+//!   count the UDP payloads both ways (see `quic`); the handshakes come before
+//!   the timed window, and their median time is a row of its own;
 //! - `routes` (sniroute only): CPU per connection with 11,100 routes against
 //!   3 for a name that falls through all of them, and with the big table the
 //!   time of `--check` and of a reload (see `routes`).
 //!
 //! CPU time of the proxy (all its processes) is read from /proc around each
-//! timed case, giving CPU per GB (bulk, tls_bulk) and per 1,000 connections;
-//! so is the whole machine's (every core, softirq included, /proc/stat).
+//! timed case, giving CPU per GB (bulk, tls_bulk, quic_bulk) and per 1,000
+//! connections; so is the whole machine's (every core, softirq included,
+//! /proc/stat).
 //!
 //! Settings (environment): `SNIROUTE_BENCH_SMOKE=1`, `SNIROUTE_BENCH_SECS`
 //! (seconds per case), `SNIROUTE_BENCH_REPS`, `SNIROUTE_BENCH_IDLE_CONNS`,
@@ -47,6 +57,7 @@ mod cases;
 mod load;
 mod peers;
 mod procfs;
+mod quic;
 mod report;
 mod routes;
 mod syscalls;
@@ -62,7 +73,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cases::{measure, targets_for, Case, Ctx, ATTEMPTS, NOISE_LIMIT};
-use peers::{Peer, Plan};
+use peers::{Job, Peer, Plan};
 use report::Results;
 
 /// CPU for this process (load generator and servers) and for the proxy.
@@ -83,6 +94,8 @@ struct Settings {
     bulk_chunk: u64,
     /// Kept-alive TLS connections of the TLS-bound bulk case.
     tls_bulk_conns: usize,
+    /// Kept-alive QUIC connections of the QUIC bulk case.
+    quic_bulk_conns: usize,
     keepalive_conns: usize,
     peers: Vec<Peer>,
     cases: Vec<Case>,
@@ -149,6 +162,7 @@ impl Settings {
             bulk_conns: 4,
             bulk_chunk: 64 << 20,
             tls_bulk_conns: 8,
+            quic_bulk_conns: 4,
             keepalive_conns: 8,
             peers,
             cases,
@@ -288,6 +302,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
     let tls_up = upstream::start_tls(tls::server_config()).await;
     let replay_up = upstream::start_replay(hello.len()).await;
     let probes = upstream::start_probes(hello.len()).await;
+    let quic_server = quic::start_server();
     let plan = Plan {
         tls_servers: tls_up.addrs,
         replay_servers: replay_up.addrs,
@@ -296,6 +311,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         max_connections: settings.idle_conns as u64 + 500,
         nofile: procfs::nofile_limit(),
         proxy_cpu: pinned.then(|| PROXY_CPU.to_owned()),
+        quic_server,
     };
 
     // Check every proxy's config the way its own tool does; drop (or fail on)
@@ -310,7 +326,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         let problem = if !on_path(program) {
             Some(format!("{program} is not installed"))
         } else {
-            peers::check(peer, &plan).err().map(|e| {
+            peers::check(peer, &plan, Job::Tcp).err().map(|e| {
                 let hint = if peer == Peer::Nginx {
                     " (the stream module is Debian's libnginx-mod-stream)"
                 } else {
@@ -324,7 +340,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
             unavailable.push(peer);
         }
     }
-    if let Err(e) = peers::check(Peer::Sniroute, &plan) {
+    if let Err(e) = peers::check(Peer::Sniroute, &plan, Job::Tcp) {
         eprintln!("sniroute rejects the bench config:\n{e}");
         return None;
     }
@@ -335,6 +351,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
     settings.peers.retain(|p| !unavailable.contains(p));
 
     let tls_client = tls::client();
+    let quic_client = quic::client_config();
     let versions = serde_json::json!({
         "sniroute": peers::version(env!("CARGO_BIN_EXE_sniroute"), "--version"),
         "nginx": peers::version("nginx", "-v").map(|v| v.trim_start_matches("nginx version: ").to_owned()),
@@ -434,7 +451,7 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
     for &peer in &settings.peers {
         let running = match peer {
             Peer::Direct => None,
-            p => Some(peers::start(p, &plan).await),
+            p => Some(peers::start(p, &plan, Job::Tcp).await),
         };
         let targets = targets_for(peer, running.as_ref().map(|r| r.listen), &plan);
         let tls = load::tls_once(&tls_client, targets.tls[0]).await;
@@ -461,6 +478,38 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
             r.stop().await;
         }
     }
+    // The same for the QUIC case, with each proxy's QUIC config; a proxy that
+    // cannot run it sits this case out.
+    let mut skipped: Vec<(Case, Peer)> = Vec::new();
+    if settings.cases.contains(&Case::QuicBulk) {
+        for &peer in &settings.peers {
+            if !Case::QuicBulk.runs_on(peer) {
+                println!(
+                    "quic_bulk: skipped for {} (its community edition has no UDP proxy)",
+                    peer.name()
+                );
+                continue;
+            }
+            match quic_ready(peer, &plan, &quic_client).await {
+                QuicReady::Yes => {}
+                // nginx without UDP proxying is a peer that can be missing;
+                // sniroute is the subject: as in the TCP cases, a sniroute
+                // that cannot run the case stops the run.
+                QuicReady::Unavailable(reason) if peer != Peer::Sniroute => {
+                    println!("quic_bulk: skipped for {}: {reason}", peer.name());
+                    if settings.require_peers {
+                        eprintln!("SNIROUTE_BENCH_REQUIRE_PEERS is set: stopping");
+                        return None;
+                    }
+                    skipped.push((Case::QuicBulk, peer));
+                }
+                QuicReady::Unavailable(reason) | QuicReady::Broken(reason) => {
+                    eprintln!("{} does not carry QUIC: {reason}", peer.name());
+                    return None;
+                }
+            }
+        }
+    }
 
     let header = serde_json::json!({
         "date": date,
@@ -479,6 +528,11 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         "bulk_request_bytes": settings.bulk_chunk,
         "tls_bulk_connections": settings.tls_bulk_conns,
         "tls_bulk_body_bytes": upstream::BULK_BODY,
+        "quic_bulk_connections": settings.quic_bulk_conns,
+        "quic_bulk_body_bytes": upstream::BULK_BODY,
+        "quic_name": quic::QUIC_NAME,
+        "quic_bulk_skipped": skipped.iter().filter(|s| s.0 == Case::QuicBulk)
+            .map(|s| s.1.name()).collect::<Vec<_>>(),
         "syscalls_counted": perf.is_some(),
         "route_table": { "big": routes::Table::Big.routes(), "exact": routes::EXACT,
                          "wildcards": routes::WILDCARDS, "regexes": routes::REGEXES,
@@ -499,13 +553,14 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
             let n = order.len();
             order.rotate_left(rep % n.max(1));
             for peer in order {
-                if !case.runs_on(peer) {
+                if !case.runs_on(peer) || skipped.contains(&(case, peer)) {
                     continue;
                 }
                 let ctx = Ctx {
                     settings,
                     plan: &plan,
                     tls: &tls_client,
+                    quic: &quic_client,
                     hello: hello.clone(),
                     perf: perf.as_ref(),
                 };
@@ -520,4 +575,53 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         );
     }
     Some((results, header))
+}
+
+/// Whether a peer can take part in the QUIC case.
+enum QuicReady {
+    Yes,
+    /// Its QUIC config is rejected or it does not start: nginx skips the
+    /// case, sniroute stops the run.
+    Unavailable(String),
+    /// It runs the config but does not carry a QUIC connection: the harness
+    /// or the proxy is broken.
+    Broken(String),
+}
+
+/// Checks `peer`'s QUIC config, starts it, and sends one QUIC connection with
+/// one exchange through it (the direct path: to the server).
+async fn quic_ready(peer: Peer, plan: &Plan, client: &quinn::ClientConfig) -> QuicReady {
+    if peer == Peer::Direct {
+        return match quic::once(client, plan.quic_server).await {
+            Ok(()) => QuicReady::Yes,
+            Err(e) => QuicReady::Broken(format!("the QUIC server does not answer: {e}")),
+        };
+    }
+    if let Err(e) = peers::check(peer, plan, Job::Quic) {
+        let hint = match peer {
+            Peer::Sniroute
+                if e.contains("unknown variant `quic`")
+                    || e.contains("unknown field `udp_idle`") =>
+            {
+                " (this build of sniroute has no QUIC listeners)"
+            }
+            Peer::Nginx => " (UDP proxying needs nginx's stream module)",
+            _ => "",
+        };
+        return QuicReady::Unavailable(format!(
+            "it rejects its QUIC config{hint}:\n{}",
+            e.trim_end()
+        ));
+    }
+    let running = match peers::try_start(peer, plan, Job::Quic).await {
+        Ok(r) => r,
+        Err(e) => return QuicReady::Unavailable(e),
+    };
+    let outcome = quic::once(client, running.listen).await;
+    let log = running.log();
+    running.stop().await;
+    match outcome {
+        Ok(()) => QuicReady::Yes,
+        Err(e) => QuicReady::Broken(format!("{e}; its log:\n{}", log.trim_end())),
+    }
 }

@@ -10,6 +10,13 @@
 //! connections. Each runs one worker (sniroute: one tokio worker thread through
 //! `TOKIO_WORKER_THREADS`; nginx: `worker_processes 1`; HAProxy: `nbthread 1`)
 //! pinned to the proxy core with `taskset`.
+//!
+//! The QUIC case ([`Job::Quic`]) gives each proxy another config: one UDP
+//! listener on 127.0.0.1 in front of the one QUIC server. sniroute routes
+//! [`QUIC_NAME`](crate::quic::QUIC_NAME) by the SNI of the Initial packets
+//! (`protocol = "quic"`); nginx forwards every datagram to the server
+//! (`listen ... udp`: it cannot read the SNI of QUIC), so it shows the cost of
+//! forwarding alone. HAProxy's community edition has no UDP proxy.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,6 +69,16 @@ pub struct Plan {
     pub nofile: u64,
     /// `taskset -c` argument for the proxy, if pinning.
     pub proxy_cpu: Option<String>,
+    /// The QUIC server (UDP) of the QUIC case.
+    pub quic_server: SocketAddr,
+}
+
+/// Which config a proxy runs: the TCP cases' (a TLS listener routing by SNI)
+/// or the QUIC case's (a UDP listener in front of the QUIC server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    Tcp,
+    Quic,
 }
 
 /// A running proxy.
@@ -128,6 +145,13 @@ pub fn free_port() -> SocketAddr {
         .expect("a free port on 127.0.0.1")
 }
 
+/// A free UDP port on 127.0.0.1.
+pub fn free_udp_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("a free UDP port on 127.0.0.1")
+}
+
 fn filler_names() -> impl Iterator<Item = String> {
     (0..FILLER_ROUTES).map(|i| format!("svc{i}.filler.example.com"))
 }
@@ -153,12 +177,49 @@ pub fn sniroute_config(plan: &Plan, listen: SocketAddr) -> String {
     )
 }
 
-pub fn nginx_config(plan: &Plan, listen: SocketAddr, dir: &Path) -> String {
-    let load = if Path::new(NGINX_STREAM_MODULE).exists() {
+/// sniroute's QUIC listener: routes as for `tls`, by the SNI of the client's
+/// Initial packets.
+pub fn sniroute_quic_config(plan: &Plan, listen: SocketAddr) -> String {
+    format!(
+        "[timeouts]\nudp_idle = \"30s\"\nshutdown = \"1s\"\n\n\
+         [log]\nlevel = \"warn\"\naccess_log = false\n\n\
+         [[listeners]]\nbind = [\"{listen}\"]\nprotocol = \"quic\"\ndefault = \"quic_pool\"\n\
+         [listeners.routes]\n\"{name}\" = \"quic_pool\"\n\n\
+         [upstreams.quic_pool]\nservers = [\"{server}\"]\n",
+        name = crate::quic::QUIC_NAME,
+        server = plan.quic_server,
+    )
+}
+
+/// `load_module` for the stream module where Debian's libnginx-mod-stream
+/// put it (an nginx built with the module needs none).
+fn nginx_load_stream() -> String {
+    if Path::new(NGINX_STREAM_MODULE).exists() {
         format!("load_module {NGINX_STREAM_MODULE};\n")
     } else {
         String::new()
-    };
+    }
+}
+
+/// nginx's UDP proxy in front of the QUIC server. It cannot route QUIC by
+/// name: every datagram goes to the one upstream, each client address:port
+/// its own session until `proxy_timeout`.
+pub fn nginx_quic_config(plan: &Plan, listen: SocketAddr, dir: &Path) -> String {
+    let load = nginx_load_stream();
+    let dir = dir.display();
+    format!(
+        "{load}worker_processes 1;\nworker_rlimit_nofile {nofile};\npid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log warn;\n\
+         events {{\n    worker_connections 1024;\n}}\n\
+         stream {{\n    upstream u {{\n        server {server};\n    }}\n\
+         \x20   server {{\n        listen {listen} udp;\n        proxy_pass u;\n        proxy_timeout 30s;\n    }}\n}}\n",
+        nofile = plan.nofile,
+        server = plan.quic_server,
+    )
+}
+
+pub fn nginx_config(plan: &Plan, listen: SocketAddr, dir: &Path) -> String {
+    let load = nginx_load_stream();
     let mut map = format!(
         "        hostnames;\n        {TLS_NAME} tls_pool;\n        {} replay_pool;\n        *.apps.example.com tls_pool;\n",
         plan.replay_name
@@ -209,21 +270,27 @@ fn haproxy_map(plan: &Plan) -> String {
     map
 }
 
-/// Writes `peer`'s config to a fresh directory and returns the command that
-/// runs it in the foreground, and the directory.
-fn command(peer: Peer, plan: &Plan, listen: SocketAddr) -> (Command, tempfile::TempDir) {
+/// Writes `peer`'s config for `job` to a fresh directory and returns the
+/// command that runs it in the foreground, and the directory.
+fn command(peer: Peer, plan: &Plan, listen: SocketAddr, job: Job) -> (Command, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temp dir for the proxy config");
     let path = |name: &str| -> PathBuf { dir.path().join(name) };
     let (program, args): (&str, Vec<String>) = match peer {
         Peer::Direct => unreachable!("the direct path runs no proxy"),
         Peer::Sniroute => {
-            std::fs::write(path(SNIROUTE_CONFIG), sniroute_config(plan, listen))
-                .expect("write sniroute config");
+            let config = match job {
+                Job::Tcp => sniroute_config(plan, listen),
+                Job::Quic => sniroute_quic_config(plan, listen),
+            };
+            std::fs::write(path(SNIROUTE_CONFIG), config).expect("write sniroute config");
             return (sniroute_command(plan, &path(SNIROUTE_CONFIG), false), dir);
         }
         Peer::Nginx => {
-            std::fs::write(path("nginx.conf"), nginx_config(plan, listen, dir.path()))
-                .expect("write nginx config");
+            let config = match job {
+                Job::Tcp => nginx_config(plan, listen, dir.path()),
+                Job::Quic => nginx_quic_config(plan, listen, dir.path()),
+            };
+            std::fs::write(path("nginx.conf"), config).expect("write nginx config");
             (
                 "nginx",
                 vec![
@@ -238,6 +305,7 @@ fn command(peer: Peer, plan: &Plan, listen: SocketAddr) -> (Command, tempfile::T
                 ],
             )
         }
+        Peer::Haproxy if job == Job::Quic => unreachable!("HAProxy has no UDP proxy"),
         Peer::Haproxy => {
             std::fs::write(path("routes.map"), haproxy_map(plan)).expect("write haproxy map");
             std::fs::write(
@@ -294,11 +362,19 @@ pub fn sniroute_command(plan: &Plan, config: &Path, watch: bool) -> Command {
     cmd
 }
 
-/// Validates `peer`'s config without serving (`nginx -t`, `haproxy -c`,
-/// `sniroute --check`); the error text if it fails.
-pub fn check(peer: Peer, plan: &Plan) -> Result<(), String> {
-    let listen = free_port();
-    let (mut cmd, _dir) = command(peer, plan, listen);
+/// A free port for `job`'s listener.
+fn free_listen(job: Job) -> SocketAddr {
+    match job {
+        Job::Tcp => free_port(),
+        Job::Quic => free_udp_port(),
+    }
+}
+
+/// Validates `peer`'s config for `job` without serving (`nginx -t`,
+/// `haproxy -c`, `sniroute --check`); the error text if it fails.
+pub fn check(peer: Peer, plan: &Plan, job: Job) -> Result<(), String> {
+    let listen = free_listen(job);
+    let (mut cmd, _dir) = command(peer, plan, listen, job);
     let extra: &[&str] = match peer {
         Peer::Direct => return Ok(()),
         Peer::Sniroute => &["--check"],
@@ -322,12 +398,19 @@ pub fn check(peer: Peer, plan: &Plan) -> Result<(), String> {
     }
 }
 
-/// Starts `peer` on a fresh port and waits until it accepts (and, for nginx,
-/// until its worker runs).
-pub async fn start(peer: Peer, plan: &Plan) -> Running {
-    let listen = free_port();
-    let (cmd, dir) = command(peer, plan, listen);
-    launch(peer, cmd, dir, listen).await
+/// Starts `peer` with `job`'s config on a fresh port and waits until it
+/// accepts (and, for nginx, until its worker runs).
+pub async fn start(peer: Peer, plan: &Plan, job: Job) -> Running {
+    try_start(peer, plan, job)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`start`], with the reason if the proxy exits or does not listen.
+pub async fn try_start(peer: Peer, plan: &Plan, job: Job) -> Result<Running, String> {
+    let listen = free_listen(job);
+    let (cmd, dir) = command(peer, plan, listen, job);
+    try_launch(peer, cmd, dir, listen, job).await
 }
 
 /// Starts sniroute on the config `config(listen)` returns (written to
@@ -342,20 +425,26 @@ pub async fn start_sniroute_with(
     let path = dir.path().join(SNIROUTE_CONFIG);
     std::fs::write(&path, config(listen)).expect("write sniroute config");
     let cmd = sniroute_command(plan, &path, watch);
-    launch(Peer::Sniroute, cmd, dir, listen).await
+    try_launch(Peer::Sniroute, cmd, dir, listen, Job::Tcp)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn launch(
+/// Runs `cmd` and waits until it listens on `listen`: accepts a TCP
+/// connection, or for [`Job::Quic`] has the UDP port bound (there is nothing
+/// to connect to; the first QUIC handshake through it is the real test).
+async fn try_launch(
     peer: Peer,
     mut cmd: Command,
     dir: tempfile::TempDir,
     listen: SocketAddr,
-) -> Running {
+    job: Job,
+) -> Result<Running, String> {
     let log = std::fs::File::create(dir.path().join("stderr.log")).expect("create proxy log");
     let child = cmd
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", peer.name()));
+        .map_err(|e| format!("cannot start {}: {e}", peer.name()))?;
     let mut running = Running {
         peer,
         listen,
@@ -365,25 +454,29 @@ async fn launch(
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(Some(status)) = running.child.try_wait() {
-            panic!(
+            return Err(format!(
                 "{} exited at start ({status}):\n{}",
                 peer.name(),
                 running.log()
-            );
+            ));
         }
         let workers_up = peer != Peer::Nginx || procfs::tree(running.pid()).len() >= 2;
-        if workers_up && tokio::net::TcpStream::connect(listen).await.is_ok() {
-            break;
+        let listening = match job {
+            Job::Tcp => tokio::net::TcpStream::connect(listen).await.is_ok(),
+            Job::Quic => procfs::udp_bound(listen),
+        };
+        if workers_up && listening {
+            return Ok(running);
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not start within 10 s:\n{}",
-            peer.name(),
-            running.log()
-        );
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{} did not start within 10 s:\n{}",
+                peer.name(),
+                running.log()
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    running
 }
 
 /// The first line a tool prints about its version, or `None` if it is missing.

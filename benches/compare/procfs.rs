@@ -123,3 +123,24 @@ pub fn machine_busy() -> Duration {
         .unwrap_or(0);
     Duration::from_millis(ticks * 1000 / TICKS_PER_SEC)
 }
+
+/// Whether some process has a UDP socket bound to `addr` (IPv4), from
+/// `/proc/net/udp`: its `local_address` column is the address as the kernel
+/// holds it (network byte order, printed as a native-endian word) and the
+/// port, in hex.
+pub fn udp_bound(addr: std::net::SocketAddr) -> bool {
+    let std::net::SocketAddr::V4(addr) = addr else {
+        return false;
+    };
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|table| {
+        table
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+    })
+}

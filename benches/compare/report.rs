@@ -55,6 +55,12 @@ pub const METRICS: &[Metric] = &[
         true,
     ),
     metric(
+        "quic_bulk",
+        "QUIC bulk download, 4 QUIC connections",
+        "MB/s",
+        true,
+    ),
+    metric(
         "tls_latency_p50",
         "latency p50, new TLS connection at fixed rate",
         "us",
@@ -79,6 +85,12 @@ pub const METRICS: &[Metric] = &[
         false,
     ),
     metric(
+        "quic_handshake_ms",
+        "QUIC handshake, new connection (QUIC bulk)",
+        "ms",
+        false,
+    ),
+    metric(
         "idle_rss_per_conn",
         "RSS per idle proxied connection",
         "KiB",
@@ -93,6 +105,12 @@ pub const METRICS: &[Metric] = &[
     metric(
         "cpu_per_gb_tls_bulk",
         "proxy CPU per GB relayed (TLS-bound bulk)",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "cpu_per_gb_quic_bulk",
+        "proxy CPU per GB relayed (QUIC bulk)",
         "CPU ms",
         false,
     ),
@@ -123,6 +141,12 @@ pub const METRICS: &[Metric] = &[
     metric(
         "machine_cpu_per_gb_tls_bulk",
         "whole-machine CPU per GB (TLS-bound bulk)",
+        "CPU ms",
+        false,
+    ),
+    metric(
+        "machine_cpu_per_gb_quic_bulk",
+        "whole-machine CPU per GB (QUIC bulk)",
         "CPU ms",
         false,
     ),
@@ -209,6 +233,12 @@ pub const METRICS: &[Metric] = &[
         false,
     ),
     metric(
+        "proxy_busy_quic_bulk",
+        "proxy core busy during QUIC bulk",
+        "%",
+        false,
+    ),
+    metric(
         "loadgen_busy_replay",
         "load-generator core busy during replay connections",
         "%",
@@ -233,6 +263,12 @@ pub const METRICS: &[Metric] = &[
         false,
     ),
     metric(
+        "loadgen_busy_quic_bulk",
+        "load-generator core busy during QUIC bulk",
+        "%",
+        false,
+    ),
+    metric(
         "other_busy_replay",
         "rest of the machine during replay connections",
         "%",
@@ -253,6 +289,12 @@ pub const METRICS: &[Metric] = &[
     metric(
         "other_busy_tls_bulk",
         "rest of the machine during TLS-bound bulk",
+        "%",
+        false,
+    ),
+    metric(
+        "other_busy_quic_bulk",
+        "rest of the machine during QUIC bulk",
         "%",
         false,
     ),

@@ -180,7 +180,7 @@ async fn probe(mut stream: TcpStream, hello_len: usize, letter: u8) -> std::io::
     Ok(())
 }
 
-static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
+pub static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
 
 async fn replay(mut stream: TcpStream, hello_len: usize) -> std::io::Result<()> {
     let mut hello = vec![0u8; hello_len];
