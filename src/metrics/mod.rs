@@ -85,8 +85,8 @@ pub enum Direction {
 }
 
 impl QuicStats {
-    pub fn lost(&self, direction: Direction) {
-        self.lost[direction as usize].fetch_add(1, Ordering::Relaxed);
+    pub fn lost(&self, direction: Direction, datagrams: u64) {
+        self.lost[direction as usize].fetch_add(datagrams, Ordering::Relaxed);
     }
 
     pub fn closed(&self, outcome: Outcome) {

@@ -25,11 +25,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use socket2::{SockAddr, SockRef};
+use quinn_udp::EcnCodepoint;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use super::udp::{Udp, MAX_BATCH};
 use super::{initial, Dropped, FlowSlot, BATCH};
 use crate::config::Config;
 use crate::logging::AccessLog;
@@ -83,6 +84,7 @@ pub(super) struct Opening {
     pub id: u64,
     /// The listener's socket: the server's datagrams go out from it.
     pub socket: Arc<UdpSocket>,
+    pub udp: Arc<Udp>,
     pub stats: Arc<QuicStats>,
     pub shutdown: Shutdown,
     pub ended: mpsc::UnboundedSender<(SocketAddr, u64)>,
@@ -93,6 +95,9 @@ pub(super) struct Opening {
 pub(super) struct Flow {
     id: u64,
     upstream: Arc<UdpSocket>,
+    /// The batching state of `upstream`.
+    upstream_udp: Arc<Udp>,
+    server_addr: SocketAddr,
     traffic: Arc<Traffic>,
     lease_server: Arc<crate::pool::Server>,
     stats: Arc<QuicStats>,
@@ -173,13 +178,16 @@ impl Flow {
         }
     }
 
-    /// Sends one client datagram to the server. `false`: the server refused
-    /// an earlier one (ICMP port unreachable): the flow is over, and this
-    /// datagram was not sent.
-    pub(super) fn up(&mut self, datagram: &[u8]) -> bool {
-        match SockRef::from(&*self.upstream).send(datagram) {
-            Ok(n) => {
-                let n = n as u64;
+    /// Sends client datagrams (of `stride` bytes each) to the server.
+    /// `false`: the server refused an earlier one (ICMP port unreachable):
+    /// the flow is over, and these were not sent.
+    pub(super) fn up(&mut self, data: &[u8], stride: usize, ecn: Option<EcnCodepoint>) -> bool {
+        let sent = self
+            .upstream_udp
+            .send(&self.upstream, self.server_addr, data, stride, ecn);
+        match sent {
+            Ok(()) => {
+                let n = data.len() as u64;
                 self.traffic.up.fetch_add(n, Ordering::Relaxed);
                 self.lease_server
                     .live()
@@ -194,7 +202,7 @@ impl Flow {
             }
             // A full buffer: lost, as on a congested link.
             Err(_) => {
-                self.stats.lost(Direction::Up);
+                self.stats.lost(Direction::Up, segments(data.len(), stride));
                 true
             }
         }
@@ -207,10 +215,12 @@ impl Flow {
 pub(super) fn open(o: Opening, destination: Box<[u8]>) -> Option<Flow> {
     let pool = &o.route.pool;
     let mut attempts = pool.attempts();
-    let (lease, upstream) = loop {
+    let (lease, upstream, upstream_udp) = loop {
         let lease = pool.next_server(&mut attempts, Instant::now())?;
-        match connect(lease.server().addr) {
-            Ok(upstream) => break (lease, Arc::new(upstream)),
+        let connected =
+            connect(lease.server().addr).and_then(|socket| Ok((Udp::new(&socket)?, socket)));
+        match connected {
+            Ok((udp, upstream)) => break (lease, Arc::new(upstream), Arc::new(udp)),
             Err(e) => {
                 tracing::warn!(pool = %pool.name, server = %lease.server().label, "QUIC flow: cannot open a UDP socket to the server: {e}");
                 pool.record_local_failure(lease.server());
@@ -224,13 +234,15 @@ pub(super) fn open(o: Opening, destination: Box<[u8]>) -> Option<Flow> {
     let flow = Flow {
         id: o.id,
         upstream: Arc::clone(&upstream),
+        upstream_udp: Arc::clone(&upstream_udp),
+        server_addr: lease.server().addr,
         traffic: Arc::clone(&traffic),
         lease_server: Arc::clone(lease.server()),
         stats: Arc::clone(&o.stats),
         stop: Some(stop),
     };
     o.stats.open.fetch_add(1, Ordering::Relaxed);
-    tokio::spawn(run(o, lease, upstream, traffic, stopped));
+    tokio::spawn(run(o, lease, (upstream, upstream_udp), traffic, stopped));
     Some(flow)
 }
 
@@ -252,7 +264,7 @@ fn connect(server: SocketAddr) -> io::Result<UdpSocket> {
 async fn run(
     o: Opening,
     lease: Lease,
-    upstream: Arc<UdpSocket>,
+    (upstream, upstream_udp): (Arc<UdpSocket>, Arc<Udp>),
     traffic: Arc<Traffic>,
     mut stopped: oneshot::Receiver<Stop>,
 ) {
@@ -262,6 +274,7 @@ async fn run(
         bind,
         id,
         socket,
+        udp,
         stats,
         mut shutdown,
         ended,
@@ -290,7 +303,8 @@ async fn run(
                     if ready.is_error() {
                         pending_error(&upstream)?;
                     }
-                    forward_down(&upstream, &socket, client, &traffic, server, &stats)
+                    let down = Down { upstream: &upstream, upstream_udp: &upstream_udp, socket: &socket, udp: &udp, client };
+                    down.forward(&traffic, server, &stats)
                 });
                 match forwarded {
                     Ok(0) => {}
@@ -355,50 +369,68 @@ fn pending_error(upstream: &UdpSocket) -> io::Result<()> {
 thread_local! {
     /// One receive buffer per worker thread, used between a readiness and the
     /// next await only: a buffer per flow would cost 64 KiB each.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; super::MAX_DATAGRAM].into());
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_BATCH].into());
 }
 
-/// Forwards what the server sent, up to [`BATCH`] datagrams; the count.
-fn forward_down(
-    upstream: &UdpSocket,
-    socket: &UdpSocket,
+/// The way from a flow's server back to its client.
+struct Down<'a> {
+    upstream: &'a UdpSocket,
+    upstream_udp: &'a Udp,
+    /// The listener's socket, and its batching state.
+    socket: &'a UdpSocket,
+    udp: &'a Udp,
     client: SocketAddr,
-    traffic: &Traffic,
-    server: &crate::pool::Server,
-    stats: &QuicStats,
-) -> io::Result<usize> {
-    let to = SockAddr::from(client);
-    let socket = SockRef::from(socket);
-    SCRATCH.with_borrow_mut(|buf| {
-        let mut bytes = 0;
-        let mut count = 0;
-        let result = loop {
-            if count == BATCH {
-                break Ok(count);
-            }
-            match upstream.try_recv(buf) {
-                Ok(n) => {
-                    // Before the client can see it, and answer to it.
-                    if buf[..n].first().is_some_and(|b| b & 0x80 != 0) {
-                        traffic.server_sent(&buf[..n]);
-                    }
-                    if socket.send_to(&buf[..n], &to).is_err() {
-                        stats.lost(Direction::Down);
-                    }
-                    bytes += n as u64;
-                    count += 1;
+}
+
+impl Down<'_> {
+    /// Forwards what the server sent, up to [`BATCH`] receives; how many.
+    fn forward(
+        &self,
+        traffic: &Traffic,
+        server: &crate::pool::Server,
+        stats: &QuicStats,
+    ) -> io::Result<usize> {
+        SCRATCH.with_borrow_mut(|buf| {
+            let mut bytes = 0;
+            let mut count = 0;
+            let result = loop {
+                if count == BATCH {
+                    break Ok(count);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(count),
-                Err(e) => break Err(e),
+                let batch = match self.upstream_udp.try_recv(self.upstream, buf) {
+                    Ok(batch) => batch,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Ok(count),
+                    Err(e) => break Err(e),
+                };
+                let data = &buf[..batch.len];
+                // Before the client can see it, and answer to it.
+                for datagram in data.chunks(batch.stride.max(1)) {
+                    if datagram.first().is_some_and(|b| b & 0x80 != 0) {
+                        traffic.server_sent(datagram);
+                    }
+                }
+                let sent = self
+                    .udp
+                    .send(self.socket, self.client, data, batch.stride, batch.ecn);
+                if sent.is_err() {
+                    stats.lost(Direction::Down, segments(batch.len, batch.stride));
+                }
+                bytes += data.len() as u64;
+                count += 1;
+            };
+            if bytes > 0 {
+                traffic.down.fetch_add(bytes, Ordering::Relaxed);
+                server.live().bytes_down.fetch_add(bytes, Ordering::Relaxed);
+                traffic.touch();
             }
-        };
-        if bytes > 0 {
-            traffic.down.fetch_add(bytes, Ordering::Relaxed);
-            server.live().bytes_down.fetch_add(bytes, Ordering::Relaxed);
-            traffic.touch();
-        }
-        result
-    })
+            result
+        })
+    }
+}
+
+/// How many datagrams of `stride` bytes `len` bytes are.
+fn segments(len: usize, stride: usize) -> u64 {
+    len.div_ceil(stride.max(1)) as u64
 }
 
 /// The instant flows' times are counted from.

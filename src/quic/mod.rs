@@ -29,6 +29,7 @@
 pub mod initial;
 
 mod flow;
+mod udp;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,9 +49,7 @@ use crate::shutdown::Phase;
 use crate::throttle::Throttle;
 use flow::{Flow, Route};
 use initial::{ClientInitials, InitialError};
-
-/// The largest UDP payload there is.
-const MAX_DATAGRAM: usize = 65_535;
+use udp::{Batch, Udp, MAX_BATCH};
 
 /// Datagrams read per wake-up of a listener's task before it looks at its
 /// other work.
@@ -226,6 +225,7 @@ enum Entry {
 /// One UDP listener's flows and what it needs to open new ones.
 struct Table {
     socket: Arc<UdpSocket>,
+    udp: Arc<Udp>,
     bind: SocketAddr,
     shared: Shared,
     stats: Arc<QuicStats>,
@@ -239,10 +239,18 @@ struct Table {
 
 /// Serves the QUIC listener on `socket` until the drain begins.
 pub async fn serve(socket: Arc<UdpSocket>, bind: SocketAddr, shared: Shared) {
+    let udp = match Udp::new(&socket) {
+        Ok(udp) => Arc::new(udp),
+        Err(e) => {
+            tracing::error!(listener = %bind, "cannot set up the UDP socket, not serving QUIC here: {e}");
+            return;
+        }
+    };
     let mut shutdown = shared.shutdown.clone();
     let (ended, mut ended_rx) = mpsc::unbounded_channel();
     let mut table = Table {
         socket: Arc::clone(&socket),
+        udp: Arc::clone(&udp),
         bind,
         stats: shared.metrics.quic(bind),
         shared,
@@ -251,8 +259,8 @@ pub async fn serve(socket: Arc<UdpSocket>, bind: SocketAddr, shared: Shared) {
         next_id: 0,
         full_warning: Throttle::default(),
     };
-    // On the heap: one buffer per listener, as large as a datagram can be.
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    // On the heap: one buffer per listener, as large as a batch can be.
+    let mut buf = vec![0u8; MAX_BATCH];
     let mut sweep = tokio::time::interval(SWEEP);
     loop {
         tokio::select! {
@@ -260,19 +268,21 @@ pub async fn serve(socket: Arc<UdpSocket>, bind: SocketAddr, shared: Shared) {
             () = shutdown.reached(Phase::Draining) => break,
             Some((client, id)) = ended_rx.recv() => table.ended(client, id),
             _ = sweep.tick() => table.expire_pending(),
-            received = socket.recv_from(&mut buf) => {
-                let mut received = received;
-                // What else is queued goes without a trip through select!,
-                // up to a batch, so the other branches still get their turn.
+            ready = socket.readable() => {
+                if let Err(e) = ready {
+                    tracing::warn!(listener = %bind, "UDP socket failed, not serving QUIC here: {e}");
+                    break;
+                }
+                // What is queued goes without a trip through select!, up to
+                // a batch, so the other branches still get their turn.
                 for _ in 0..BATCH {
-                    match received {
-                        Ok((len, client)) => table.datagram(&buf[..len], client),
+                    match udp.try_recv(&socket, &mut buf) {
+                        Ok(batch) => table.received(&buf[..batch.len], batch),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                         // An ICMP error for an earlier send, or a local
                         // shortage: nothing to do for this datagram but go on.
                         Err(e) => tracing::debug!(listener = %bind, "UDP receive: {e}"),
                     }
-                    received = socket.try_recv_from(&mut buf);
                 }
             }
         }
@@ -281,6 +291,24 @@ pub async fn serve(socket: Arc<UdpSocket>, bind: SocketAddr, shared: Shared) {
 }
 
 impl Table {
+    /// What one receive brought: a routed flow's datagrams go on as they
+    /// came, in one send; others are looked at one by one.
+    fn received(&mut self, data: &[u8], batch: Batch) {
+        let client = batch.from;
+        if let Some(Entry::Routed(flow)) = self.flows.get_mut(&client) {
+            if !flow.is_new_connection(data) {
+                if flow.up(data, batch.stride, batch.ecn) {
+                    return;
+                }
+                // The server refused the flow: these datagrams start a new one.
+                self.flows.remove(&client);
+            }
+        }
+        for datagram in data.chunks(batch.stride.max(1)) {
+            self.datagram(datagram, client);
+        }
+    }
+
     fn datagram(&mut self, data: &[u8], client: SocketAddr) {
         let pending = match self.flows.get_mut(&client) {
             Some(Entry::Routed(flow)) => {
@@ -290,7 +318,7 @@ impl Table {
                     }
                     return self.first(data, client);
                 }
-                if flow.up(data) {
+                if flow.up(data, data.len(), None) {
                     return;
                 }
                 // The server refused the flow: this datagram (a retransmitted
@@ -418,6 +446,7 @@ impl Table {
                 bind: self.bind,
                 id: self.next_id,
                 socket: Arc::clone(&self.socket),
+                udp: Arc::clone(&self.udp),
                 stats: Arc::clone(&self.stats),
                 shutdown: self.shared.shutdown.clone(),
                 ended: self.ended.clone(),
@@ -429,7 +458,7 @@ impl Table {
             Some(mut flow) => {
                 for datagram in datagrams {
                     // A refusal comes back later, as an ICMP error.
-                    flow.up(datagram);
+                    flow.up(datagram, datagram.len(), None);
                 }
                 self.flows.insert(client, Entry::Routed(flow));
             }
