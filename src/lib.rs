@@ -14,6 +14,11 @@
 //! 6. [`connect`] connects, moving on to the next server at once on failure;
 //! 7. [`relay`] replays the peeked bytes and copies both ways until both close.
 //!
+//! A `quic` listener takes a path of its own, in [`quic`]: one task per UDP
+//! bind reads each new client's Initial packets ([`quic::initial`] decrypts
+//! them and finds the ClientHello, read by [`peek::tls`]), routes the flow as
+//! above ([`route`], [`pool`]) and forwards its datagrams both ways.
+//!
 //! [`server`] runs the listeners, [`reload`], binary [`upgrade`]s (with the
 //! sockets [`handover`] carries from one process to the next) and the shutdown; [`config`] turns
 //! the TOML into the immutable tables all of this reads. [`import`] translates

@@ -669,3 +669,43 @@ async fn a_retry_keeps_the_flow() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(lines[0].contains("outcome=idle_timeout"), "{}", lines[0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_deny_and_the_flow_cap_drop_initials_and_count_them() {
+    let _side_by_side = FLOOD.read().await;
+    let a = Server::start("127.0.0.2", "A");
+    let b = Server::start("127.0.0.3", "B");
+    let (listen, metrics) = (free_udp("127.0.0.1"), free_addr("127.0.0.1"));
+    // b.example.com only for 10.0.0.0/8; one flow at a time, all listeners.
+    let text = config(listen, metrics, a.addr, b.addr, "")
+        .replace(
+            "\"b.example.com\" = \"b\"",
+            "\"b.example.com\" = { pool = \"b\", allow = [\"10.0.0.0/8\"] }",
+        )
+        .replace("[metrics]", "[limits]\nmax_quic_flows = 1\n[metrics]");
+    let _proxy = Sniroute::start(&text);
+    assert!(request(listen, "b.example.com").await.is_err());
+    assert!(dropped(metrics, listen, "denied") >= 1.0);
+    assert_eq!(b.accepted(), 0);
+    // The first client's flow stays open (udp_idle 30 s) and takes the one
+    // place: the next client is dropped.
+    let first = client(test_alpn(), Duration::from_secs(10));
+    let conn = first
+        .connect(listen, "a.example.com")
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(ask(&conn, b"one").await.unwrap(), "A: one");
+    assert!(request(listen, "a.example.com").await.is_err());
+    assert!(dropped(metrics, listen, "flows_full") >= 1.0);
+    assert_eq!(a.accepted(), 1);
+
+    // The listener's deny: nothing from 127.0.0.1 is even read.
+    let (listen, metrics) = (free_udp("127.0.0.1"), free_addr("127.0.0.1"));
+    let text = config(listen, metrics, a.addr, b.addr, "deny = [\"127.0.0.1\"]");
+    let _proxy = Sniroute::start(&text);
+    assert!(request(listen, "a.example.com").await.is_err());
+    assert!(dropped(metrics, listen, "denied") >= 1.0);
+    assert_eq!(dropped(metrics, listen, "no_route"), 0.0);
+    assert_eq!(a.accepted(), 1);
+}
