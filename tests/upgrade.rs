@@ -541,7 +541,11 @@ fn high(fd: &impl AsRawFd) -> OwnedFd {
 async fn under_systemd_sigterm_stores_the_sockets_and_the_next_start_takes_them_back() {
     let up = Upstream::start("127.0.0.2", "up", Mode::Echo).await;
     let (listen, metrics) = (free_addr("127.0.0.1"), free_addr("127.0.0.1"));
-    let text = config(listen, metrics, up.addr);
+    // A QUIC listener on the same port: its UDP socket is stored too.
+    let quic =
+        format!("[[listeners]]\nbind = \"{listen}\"\nprotocol = \"quic\"\ndefault = \"up\"\n");
+    let text = config(listen, metrics, up.addr)
+        .replace("[upstreams.up]", &format!("{quic}[upstreams.up]"));
     let (dir, _exe, path) = install(&text);
     let notify = Notify::bind(dir.path());
     let fdstore = ("FDSTORE".to_string(), "16".to_string());
@@ -575,6 +579,7 @@ async fn under_systemd_sigterm_stores_the_sockets_and_the_next_start_takes_them_
     let mut want = vec![
         format!("tcp-{listen}").replace(':', "_"),
         format!("tcp-{metrics}").replace(':', "_"),
+        format!("udp-{listen}").replace(':', "_"),
     ];
     want.sort();
     assert_eq!(names, want);
@@ -630,6 +635,7 @@ async fn under_systemd_sigterm_stores_the_sockets_and_the_next_start_takes_them_
     drop(sources);
     let second = Sniroute::spawned(child, tempfile::tempdir().unwrap());
     let log = second.wait_log("took over listening sockets");
+    assert!(log.contains(&format!("udp/{listen}")), "{log}");
     assert!(
         log.contains(&format!(
             "closing a handed-over socket the config no longer binds listener={stale_addr}"
