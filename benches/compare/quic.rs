@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::load::OP_TIMEOUT;
+use crate::tls;
 use crate::upstream::{BULK_BODY, ZEROS};
 
 /// The SNI of the client's Initial packets, and the certificate's name.
@@ -26,27 +27,9 @@ const BULK_REQUEST: &[u8] = b"bulk";
 const PING: &[u8] = b"ping";
 const PONG: &[u8] = b"pong";
 
-fn pki() -> &'static (
-    rustls::pki_types::CertificateDer<'static>,
-    rustls::pki_types::PrivatePkcs8KeyDer<'static>,
-) {
-    static PKI: std::sync::OnceLock<(
-        rustls::pki_types::CertificateDer<'static>,
-        rustls::pki_types::PrivatePkcs8KeyDer<'static>,
-    )> = std::sync::OnceLock::new();
-    PKI.get_or_init(|| {
-        let ck = rcgen::generate_simple_self_signed(vec![QUIC_NAME.to_owned()])
-            .expect("a self-signed certificate");
-        (
-            ck.cert.der().clone(),
-            rustls::pki_types::PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()),
-        )
-    })
-}
-
 fn server_config() -> quinn::ServerConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (cert, key) = pki();
+    let (cert, key) = tls::pki();
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
@@ -62,7 +45,7 @@ fn server_config() -> quinn::ServerConfig {
 pub fn client_config() -> quinn::ClientConfig {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki().0.clone()).expect("a valid root");
+    roots.add(tls::pki().0.clone()).expect("a valid root");
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")

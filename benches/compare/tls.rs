@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::{load, peers};
 
-fn pki() -> &'static (
+/// The one self-signed certificate of the bench: for the TLS cases' name and
+/// the QUIC case's.
+pub fn pki() -> &'static (
     rustls::pki_types::CertificateDer<'static>,
     rustls::pki_types::PrivatePkcs8KeyDer<'static>,
 ) {
@@ -15,8 +17,11 @@ fn pki() -> &'static (
         rustls::pki_types::PrivatePkcs8KeyDer<'static>,
     )> = std::sync::OnceLock::new();
     PKI.get_or_init(|| {
-        let ck = rcgen::generate_simple_self_signed(vec![peers::TLS_NAME.to_owned()])
-            .expect("a self-signed certificate");
+        let names = vec![
+            peers::TLS_NAME.to_owned(),
+            crate::quic::QUIC_NAME.to_owned(),
+        ];
+        let ck = rcgen::generate_simple_self_signed(names).expect("a self-signed certificate");
         (
             ck.cert.der().clone(),
             rustls::pki_types::PrivatePkcs8KeyDer::from(ck.key_pair.serialize_der()),
