@@ -570,14 +570,7 @@ async fn an_upgrade_ends_the_old_process_flows_and_the_new_one_routes_new_ones()
     assert_eq!(ask(&conn, b"before").await.unwrap(), "A: before");
 
     proxy.signal("USR2");
-    let log = proxy.wait_log("serves now");
-    let line = log.lines().find(|l| l.contains("serves now")).unwrap();
-    let new: i32 = line
-        .split("successor=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap();
+    let new = successor(&proxy);
     let _new = KillOnDrop(new);
     // The old process does not wait out udp_idle (30 s) or the shutdown
     // drain (30 s) for its flow: the flow ends with the hand-over.

@@ -50,17 +50,6 @@ fn replace(path: &Path, bytes: &[u8], mode: u32) {
     std::fs::rename(&new, path).unwrap();
 }
 
-/// The pid in `upgrade: process N is ready` once that line is logged.
-fn successor(proxy: &Sniroute) -> i32 {
-    let log = proxy.wait_log("serves now");
-    let line = log.lines().find(|l| l.contains("serves now")).unwrap();
-    line.split("successor=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no successor pid in {line:?}"))
-}
-
 /// What the clients saw.
 #[derive(Debug, Default)]
 struct Tally {

@@ -253,6 +253,17 @@ impl Drop for Sniroute {
     }
 }
 
+/// The pid in `upgrade: process N is ready` once that line is logged.
+pub fn successor(proxy: &Sniroute) -> i32 {
+    let log = proxy.wait_log("serves now");
+    let line = log.lines().find(|l| l.contains("serves now")).unwrap();
+    line.split("successor=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no successor pid in {line:?}"))
+}
+
 /// Kills a process the test did not spawn directly (one an upgrade started, a
 /// grandchild), however the test ends.
 pub struct KillOnDrop(pub i32);
