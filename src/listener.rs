@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, SockRef, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
@@ -119,17 +119,7 @@ pub fn adopt_or_bind(
     inherited: &mut Inherited,
 ) -> Result<TcpListener, BindError> {
     match inherited.take_tcp(addr) {
-        Some(socket) => {
-            let adopt = || {
-                socket.set_nonblocking(true)?;
-                TcpListener::from_std(socket)
-            };
-            adopt().map_err(|error| BindError {
-                transport: Transport::Tcp,
-                addr,
-                error,
-            })
-        }
+        Some(socket) => adopt(socket, Transport::Tcp, addr, TcpListener::from_std),
         None => bind(addr),
     }
 }
@@ -137,19 +127,27 @@ pub fn adopt_or_bind(
 /// [`adopt_or_bind`] for a UDP bind.
 fn adopt_or_bind_udp(addr: SocketAddr, inherited: &mut Inherited) -> Result<UdpSocket, BindError> {
     match inherited.take_udp(addr) {
-        Some(socket) => {
-            let adopt = || {
-                socket.set_nonblocking(true)?;
-                UdpSocket::from_std(socket)
-            };
-            adopt().map_err(|error| BindError {
-                transport: Transport::Udp,
-                addr,
-                error,
-            })
-        }
+        Some(socket) => adopt(socket, Transport::Udp, addr, UdpSocket::from_std),
         None => bind_udp(addr),
     }
+}
+
+/// A handed-over socket, made non-blocking and given to tokio.
+fn adopt<S: AsFd, T>(
+    socket: S,
+    transport: Transport,
+    addr: SocketAddr,
+    into_tokio: impl FnOnce(S) -> io::Result<T>,
+) -> Result<T, BindError> {
+    let adopt = || {
+        SockRef::from(&socket).set_nonblocking(true)?;
+        into_tokio(socket)
+    };
+    adopt().map_err(|error| BindError {
+        transport,
+        addr,
+        error,
+    })
 }
 
 /// `TCP_DEFER_ACCEPT` on (one second) or off; see [`Listeners::tune`].

@@ -94,20 +94,6 @@ pub enum InitialError {
     Short,
 }
 
-impl InitialError {
-    /// Short snake_case label for the metric `sniroute_quic_dropped_total{reason}`.
-    pub fn reason(self) -> &'static str {
-        match self {
-            InitialError::NotInitial => "not_initial",
-            InitialError::Version(_) => "version",
-            InitialError::Decrypt => "decrypt",
-            InitialError::Malformed(_) => "malformed",
-            InitialError::TooLarge => "too_large",
-            InitialError::Short => "short",
-        }
-    }
-}
-
 /// One flow's client Initials being read until the ClientHello is whole.
 ///
 /// An error leaves the state consistent, holding what authentic packets
@@ -562,9 +548,11 @@ mod tests {
 
     /// One datagram on a fresh flow; errors by their metric label.
     fn feed(datagram: &[u8]) -> Result<Parse, &'static str> {
-        ClientInitials::new(16384)
-            .feed(datagram)
-            .map_err(InitialError::reason)
+        ClientInitials::new(16384).feed(datagram).map_err(label)
+    }
+
+    fn label(e: InitialError) -> &'static str {
+        crate::quic::Dropped::of(e).as_str()
     }
 
     /// A long-header packet from the client with this (unprotected) first
@@ -769,7 +757,7 @@ mod tests {
             packet[1..5].copy_from_slice(&u32::to_be_bytes(version));
             let err = ClientInitials::new(16384).feed(&packet).unwrap_err();
             assert_eq!(
-                (err, err.reason()),
+                (err, label(err)),
                 (InitialError::Version(version), "version")
             );
         }
@@ -796,10 +784,7 @@ mod tests {
         let mut flow = ClientInitials::new(1100);
         assert_eq!(flow.feed(&first), Ok(Parse::Incomplete));
         let second = initial(V1, 1, &crypto(1100, &hello[1100..]), 1250);
-        assert_eq!(
-            flow.feed(&second).map_err(InitialError::reason),
-            Err("too_large")
-        );
+        assert_eq!(flow.feed(&second).map_err(label), Err("too_large"));
     }
 
     #[test]

@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
                 Some(&name)
             ),
             Ok(_) => {}
-            Err(e) => assert!(!e.reason().is_empty()),
+            Err(e) => assert!(!e.to_string().is_empty()),
         }
     }
 });
