@@ -53,7 +53,8 @@ impl std::fmt::Display for ConnectError {
 pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected, ConnectError> {
     let mut attempts = pool.attempts();
     let mut tried = 0;
-    let mut last = io::Error::other("pool has no servers");
+    // Made only when needed: an `io::Error` with a message is three allocations.
+    let mut last = None;
     while let Some(lease) = pool.next_server(&mut attempts, Instant::now()) {
         let server = lease.server();
         tried += 1;
@@ -93,14 +94,14 @@ pub async fn connect(pool: &Pool, timeout: Duration) -> Result<Connected, Connec
                 } else {
                     tracing::warn!(pool = %pool.name, server = %server.label, error = %e, "connect failed; trying the next server");
                 }
-                last = e;
+                last = Some(e);
             }
         }
     }
     Err(ConnectError {
         pool: pool.name.to_string(),
         attempts: tried,
-        last,
+        last: last.unwrap_or_else(|| io::Error::other("pool has no servers")),
         local: None,
     })
 }
