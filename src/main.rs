@@ -10,9 +10,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-
 use sniroute::pool::Registry;
 use sniroute::{acme, config, explain, import, logging, server, upgrade};
+
+/// Every connection allocates its task, two reactor registrations and a few
+/// small buffers: with glibc's malloc a fifth of the user-space instructions
+/// per proxied connection went to the allocator, with mimalloc 6%.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `import-nginx` printed a config, but something that decides who may
 /// connect, where connections go or what servers receive was not carried

@@ -312,7 +312,11 @@ async fn run(settings: &mut Settings, pinned: bool) -> Option<(Results, serde_js
         nofile: procfs::nofile_limit(),
         proxy_cpu: pinned.then(|| PROXY_CPU.to_owned()),
         quic_server,
+        nginx_half_close: env("SNIROUTE_BENCH_NGINX_HALF_CLOSE").is_some_and(|v| v != "0"),
     };
+    if plan.nginx_half_close {
+        println!("nginx forwards half-closes (proxy_half_close on), as sniroute does");
+    }
 
     // Check every proxy's config the way its own tool does; drop (or fail on)
     // the ones that cannot run here.

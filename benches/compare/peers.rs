@@ -71,6 +71,10 @@ pub struct Plan {
     pub proxy_cpu: Option<String>,
     /// The QUIC server (UDP) of the QUIC case.
     pub quic_server: SocketAddr,
+    /// nginx forwards half-closes (`proxy_half_close on`) as sniroute and
+    /// HAProxy do, instead of closing both sides at the first EOF (its
+    /// default). A diagnostic: `SNIROUTE_BENCH_NGINX_HALF_CLOSE=1`.
+    pub nginx_half_close: bool,
 }
 
 /// Which config a proxy runs: the TCP cases' (a TLS listener routing by SNI)
@@ -230,6 +234,11 @@ pub fn nginx_config(plan: &Plan, listen: SocketAddr, dir: &Path) -> String {
     let [t1, t2] = plan.tls_servers;
     let [r1, r2] = plan.replay_servers;
     let dir = dir.display();
+    let half_close = if plan.nginx_half_close {
+        "        proxy_half_close on;\n"
+    } else {
+        ""
+    };
     format!(
         "{load}worker_processes 1;\nworker_rlimit_nofile {nofile};\npid {dir}/nginx.pid;\n\
          error_log {dir}/error.log warn;\n\
@@ -238,7 +247,7 @@ pub fn nginx_config(plan: &Plan, listen: SocketAddr, dir: &Path) -> String {
          \x20   upstream tls_pool {{\n        least_conn;\n        server {t1};\n        server {t2};\n    }}\n\
          \x20   upstream replay_pool {{\n        least_conn;\n        server {r1};\n        server {r2};\n    }}\n\
          \x20   server {{\n        listen {listen};\n        ssl_preread on;\n        preread_timeout 5s;\n\
-         \x20       proxy_pass $pool;\n        proxy_connect_timeout 3s;\n        proxy_timeout 1h;\n    }}\n}}\n",
+         \x20       proxy_pass $pool;\n        proxy_connect_timeout 3s;\n        proxy_timeout 1h;\n{half_close}    }}\n}}\n",
         nofile = plan.nofile,
         // nginx counts both sides of a proxied connection.
         wc = (plan.max_connections * 2 + 64).min(plan.nofile),

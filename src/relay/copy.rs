@@ -127,3 +127,34 @@ pub(super) async fn write_all(d: &Direction<'_>, mut bytes: &[u8]) -> Result<(),
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pooled() -> usize {
+        POOL.with(|pool| pool.borrow().len())
+    }
+
+    #[test]
+    fn buffers_are_reused_empty_and_the_pool_is_bounded() {
+        let held: Vec<Buffer> = (0..POOL_MAX + 4).map(|_| Buffer::take()).collect();
+        drop(held);
+        assert_eq!(pooled(), POOL_MAX);
+
+        let mut buf = Buffer::take();
+        assert_eq!(pooled(), POOL_MAX - 1);
+        assert_eq!(buf.0.capacity(), BUF_SIZE);
+        let reused = buf.0.as_ptr();
+        buf.0.extend_from_slice(b"bytes of the last burst");
+        drop(buf);
+
+        let next = Buffer::take();
+        assert_eq!(
+            next.0.as_ptr(),
+            reused,
+            "the buffer given back last is taken first"
+        );
+        assert!(next.0.is_empty(), "a pooled buffer comes back empty");
+    }
+}
