@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+
 use sniroute::pool::Registry;
 use sniroute::{acme, config, explain, import, logging, server, upgrade};
 
